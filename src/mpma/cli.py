@@ -1,0 +1,113 @@
+"""``mpma`` command line. Thin: parses arguments, builds configs, calls the library.
+
+torch and transformers are imported inside the command functions so ``mpma --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+    parser.add_argument("--config", default=default_preset,
+                        help=f"preset name (tiny, small, base, tiny_m3ae, base_m3ae) or a YAML file (default: {default_preset})")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. optim.steps=200 vision.mask_ratio=0.6")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mpma.config import load_config
+    from mpma.pipelines.pretraining import run_pretraining
+
+    config = None if args.resume else load_config(args.config, args.overrides)
+    if args.resume and args.overrides:
+        raise SystemExit("error: --resume continues a run with its saved config.json; drop the overrides")
+    out = Path(args.out) if args.out else Path("runs") / "pretrain"
+    summary = run_pretraining(config, out, resume=args.resume, progress=not args.no_progress)
+    if summary:
+        print(_format_pretrain_summary(summary, out))
+    return 0
+
+
+def _format_pretrain_summary(summary: dict, out: Path) -> str:
+    lines = [f"run folder: {out}", f"{'loss term':<14}{'first 5%':>10}{'last 5%':>10}"]
+    for term, values in summary["losses"].items():
+        lines.append(f"{term:<14}{values['first']:>10.4f}{values['last']:>10.4f}")
+    retrieval = summary.get("retrieval", {})
+    if "i2t" in retrieval:
+        lines.append(f"zero-shot retrieval on {retrieval['n_pairs']} held-out pairs (hit = same finding set):")
+        for direction in ("i2t", "t2i"):
+            r = retrieval[direction]
+            lines.append(
+                f"  {direction}: " + "  ".join(f"R@{k} {r[f'R@{k}']:.3f} (chance {r[f'chance@{k}']:.3f})" for k in (1, 5, 10))
+            )
+    elif retrieval:
+        lines.append(f"retrieval: {retrieval.get('skipped')}")
+    return "\n".join(lines)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from mpma.data.synthrad import write_synthrad
+
+    paths = write_synthrad(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from mpma.data.text import read_corpus, train_tokenizer
+
+    texts = read_corpus(args.corpus)
+    if not texts:
+        raise SystemExit(f"error: no text found in {args.corpus}")
+    tokenizer = train_tokenizer(texts, args.out, vocab_size=args.vocab_size, lowercase=not args.cased)
+    print(f"trained a WordPiece tokenizer of {len(tokenizer)} tokens on {len(texts)} texts -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpma", description="MPMA medical vision-language pre-training")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pretrain = commands.add_parser("pretrain", help="pre-train MPMA (default: synthrad + tiny, a few minutes on a CPU)")
+    _add_config_arguments(pretrain)
+    pretrain.add_argument("--out", help="run folder (default: runs/pretrain)")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    pretrain.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write synthrad images and JSONL manifests to a folder")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--n", type=int, default=1000, help="number of cases")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.set_defaults(func=cmd_data_synth)
+
+    tok = commands.add_parser("tokenizer", help="tokenizers").add_subparsers(dest="tokenizer_command", required=True)
+    train = tok.add_parser("train", help="train a WordPiece tokenizer offline on a text file or JSONL manifest")
+    train.add_argument("--corpus", required=True, help="text file (one text per line; 'ID<TAB>text' accepted) or JSONL")
+    train.add_argument("--out", required=True, help="output folder (loadable by transformers.AutoTokenizer)")
+    train.add_argument("--vocab-size", type=int, default=8000)
+    train.add_argument("--cased", action="store_true", help="keep case (default: lower-case)")
+    train.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mpma.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The training loop: one place, independent of the model. It only weights, sums and steps.
+
+A task is any ``nn.Module`` whose ``forward(batch, generator)`` returns an object with a
+``losses`` dict (raw loss terms) and a ``metrics`` dict. The same loop serves one process and
+``torchrun`` (DDP), with autocast, gradient accumulation and clipping, AdamW with warm-up + cosine,
+a larger learning rate for fusion/heads, per-step seeding (so a resumed run replays exactly),
+atomic checkpoints and a JSONL log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpma.config import OptimConfig, RunConfig
+from mpma.engine import checkpoint as ckpt
+from mpma.engine.distributed import DistEnv, mean_across_ranks
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(
+    module: nn.Module, optim: OptimConfig, head_names: set[str], no_decay_names: set[str]
+) -> list[dict]:
+    """AdamW groups: {backbone, head} x {decay, no decay}; biases, norms and 1-d tensors get no decay.
+
+    Args:
+        module: the module whose parameters are optimised (names as in ``named_parameters``).
+        head_names: parameter names trained at ``lr * head_lr_mult``.
+        no_decay_names: extra parameter names exempt from weight decay.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = name in head_names
+        decay = param.ndim >= 2 and name not in no_decay_names
+        groups.setdefault((is_head, decay), []).append(param)
+    result = []
+    for (is_head, decay), params in sorted(groups.items()):
+        lr = optim.lr * (optim.head_lr_mult if is_head else 1.0)
+        result.append({"params": params, "lr": lr, "base_lr": lr, "weight_decay": optim.weight_decay if decay else 0.0})
+    return result
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, step, rank, micro-batch)."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + micro * 15_485_863) % (2**63 - 1)
+
+
+class Trainer:
+    """Runs the optimisation of ``task`` and records it in ``run_dir``.
+
+    Args:
+        task: module with ``forward(batch, generator) -> result`` (``result.losses``, ``result.metrics``).
+        loss_weights: weight per loss name; the total loss is the weighted sum.
+        param_groups: AdamW parameter groups (see :func:`parameter_groups`), each with ``base_lr``.
+        optim: optimisation settings.
+        run: run settings (seed, precision, logging, checkpoints).
+        run_dir: output folder (rank 0 writes ``log.jsonl`` and ``checkpoints/``).
+        env: distributed environment; with world size > 1 the task is wrapped in DDP.
+        on_checkpoint: called on rank 0 after each checkpoint with the step (e.g. to draw curves).
+    """
+
+    def __init__(
+        self,
+        task: nn.Module,
+        loss_weights: dict[str, float],
+        param_groups: list[dict],
+        optim: OptimConfig,
+        run: RunConfig,
+        run_dir: str | Path,
+        env: DistEnv,
+        on_checkpoint: Callable[[int], None] | None = None,
+    ) -> None:
+        self.task = task
+        self.loss_weights = loss_weights
+        self.optim_cfg = optim
+        self.run_cfg = run
+        self.run_dir = Path(run_dir)
+        self.env = env
+        self.on_checkpoint = on_checkpoint
+        self.optimizer = torch.optim.AdamW(
+            param_groups, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+            fused=env.device.type == "cuda",
+        )
+        self.wrapped = task
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(task, device_ids=ids)
+        self.step = 0
+        precision = run.precision
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"run.precision must be fp32, bf16 or fp16, got {precision!r}")
+        if precision == "fp16" and env.device.type != "cuda":
+            raise ValueError("run.precision=fp16 needs a GPU; use bf16 on CPU")
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else {}}
+
+    def resume(self, checkpoint: Path) -> None:
+        """Load weights and optimizer state from a checkpoint folder; the next step is state['step']."""
+        ckpt.load_weights(self.task, checkpoint / ckpt.WEIGHTS)
+        state = ckpt.load_state(checkpoint / ckpt.STATE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        if self.env.is_main:
+            self._truncate_log(self.step)
+
+    def save(self) -> Path | None:
+        path = None
+        if self.env.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.task, self.state_dict(), self.run_cfg.keep_checkpoints)
+            if self.on_checkpoint:
+                self.on_checkpoint(self.step)
+        if self.env.distributed:
+            torch.distributed.barrier()
+        return path
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after ``step`` by the interrupted run (they will be replayed)."""
+        log = self.run_dir / "log.jsonl"
+        if not log.exists():
+            return
+        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log)
+
+    # ------------------------------------------------------------------ loop
+
+    def _set_lr(self) -> float:
+        mult = lr_multiplier(self.step, self.optim_cfg.warmup_steps, self.optim_cfg.steps, self.optim_cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * mult
+        return self.optim_cfg.lr * mult
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _micro_step(self, batch: dict, micro: int, sync: bool) -> tuple[dict[str, float], dict[str, float], int]:
+        seed = step_seed(self.run_cfg.seed, self.step, self.env.rank, micro)
+        torch.manual_seed(seed)  # dropout etc. replay exactly after --resume
+        generator = torch.Generator().manual_seed(seed)
+        autocast = (
+            torch.autocast(self.env.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        )
+        no_sync = self.wrapped.no_sync() if (self.env.distributed and not sync) else nullcontext()
+        with no_sync:
+            with autocast:
+                result = self.wrapped(batch, generator)
+            missing = set(self.loss_weights) - set(result.losses)
+            if missing:
+                raise RuntimeError(f"the task returned no value for the loss terms {sorted(missing)}")
+            total = sum(self.loss_weights[name] * result.losses[name].float() for name in self.loss_weights)
+            if not torch.isfinite(total):
+                terms = {k: float(v) for k, v in result.losses.items()}
+                raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
+            scaled = total / self.optim_cfg.accumulate
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        losses = {k: float(v.detach()) for k, v in result.losses.items()}
+        losses["loss"] = float(total.detach())
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        return losses, metrics, int(batch["images"].shape[0]) if "images" in batch else 0
+
+    def fit(self, batches: Callable[[int], Iterator[dict]], progress: bool = True) -> None:
+        """Train until ``optim.steps``.
+
+        Args:
+            batches: ``batches(start_step)`` yields this rank's batches from the micro-batch that
+                belongs to ``start_step`` on (so a resumed run sees the same data it would have seen).
+            progress: show a progress bar on rank 0.
+        """
+        from tqdm import tqdm
+
+        self.task.train()
+        total_steps = self.optim_cfg.steps
+        data = batches(self.step * self.optim_cfg.accumulate)
+        bar = tqdm(total=total_steps, initial=self.step, disable=not (progress and self.env.is_main),
+                   dynamic_ncols=True, desc="train")
+        window: dict[str, list[float]] = {}
+        window_samples, window_start = 0, time.perf_counter()
+        log_path = self.run_dir / "log.jsonl"
+        while self.step < total_steps:
+            lr = self._set_lr()
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro in range(self.optim_cfg.accumulate):
+                batch = self._to_device(next(data))
+                losses, metrics, n = self._micro_step(batch, micro, sync=micro == self.optim_cfg.accumulate - 1)
+                for key, value in {**losses, **metrics}.items():
+                    window.setdefault(key, []).append(value)
+                window_samples += n * self.env.world_size
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = None
+            if self.optim_cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.optim_cfg.grad_clip))
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.step += 1
+            last = self.step == total_steps
+            if self.step % self.run_cfg.log_every == 0 or last:
+                elapsed = time.perf_counter() - window_start
+                record = mean_across_ranks({k: sum(v) / len(v) for k, v in window.items()}, self.env.device)
+                record = {"step": self.step, "lr": lr, **record, "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                if self.env.is_main:
+                    with log_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    shown = {k: f"{record[k]:.3f}" for k in ["loss", *self.loss_weights] if k in record}
+                    shown["samples/s"] = f"{record['samples_per_s']:.0f}"
+                    bar.set_postfix(shown, refresh=False)
+                window, window_samples, window_start = {}, 0, time.perf_counter()
+            bar.update(1)
+            if self.step % self.run_cfg.checkpoint_every == 0 or last:
+                self.save()
+        bar.close()

@@ -1,0 +1,105 @@
+"""Transformer building blocks shared by the vision encoder, the fusion and the decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention (self- or cross-) on ``F.scaled_dot_product_attention``.
+
+    Args:
+        width: model width D.
+        heads: number of heads; D must be divisible by it.
+        kv_width: width of the key/value input (defaults to ``width``).
+    """
+
+    def __init__(self, width: int, heads: int, kv_width: int | None = None) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(kv_width or width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``x`` to ``context`` (or to ``x`` itself).
+
+        Args:
+            x: queries (B, Nq, D).
+            context: keys/values (B, Nk, Dk); None for self-attention.
+            key_padding_mask: (B, Nk) bool, True where the key is a real token (attend), False = padding.
+            return_weights: also return the head-averaged attention weights (B, Nq, Nk).
+
+        Returns:
+            output (B, Nq, D) and the weights or None.
+        """
+        context = x if context is None else context
+        batch, n_query, width = x.shape
+        n_key = context.shape[1]
+        head_dim = width // self.heads
+        q = self.q(x).view(batch, n_query, self.heads, head_dim).transpose(1, 2)
+        k, v = self.kv(context).view(batch, n_key, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk), True = attend
+        if return_weights:
+            scores = (q @ k.transpose(-2, -1)) * head_dim**-0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            out = weights @ v
+            averaged = weights.mean(dim=1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            averaged = None
+        out = out.transpose(1, 2).reshape(batch, n_query, width)
+        return self.proj(out), averaged
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP: (..., D) -> (..., D)."""
+
+    def __init__(self, width: int, ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(width * ratio)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + SelfAttn(LN(x)); x + MLP(LN(x)). Shapes (B, N, D)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_padding_mask=key_padding_mask)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal linear weights, zero biases, unit LayerNorm (ViT/MAE convention)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

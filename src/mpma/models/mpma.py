@@ -1,0 +1,179 @@
+"""The MPMA backbone: ViT + text encoder + co-attention fusion with memory, plus pre-training heads.
+
+The model returns features; it computes no losses. Heads whose loss weight is 0 are not built, so
+their parameters do not exist (an M3AE-style configuration is a smaller model, not a masked one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpma.config import Config
+from mpma.models.fusion import CoAttentionFusion, FusionOutput
+from mpma.models.heads import AlignmentHeads, ClassifierHead, MIMDecoder, MLMHead
+from mpma.models.text import TextEncoder
+from mpma.models.vision import VisionOutput, VisionTransformer
+
+
+def masked_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of tokens (B, N, D) over positions where weights (B, N) are 1 -> (B, D)."""
+    weights = weights.to(tokens.dtype)
+    return (tokens * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+
+
+@dataclass
+class MPMAOutput:
+    """Everything one pre-training forward pass produces.
+
+    vision: the (masked) vision-encoder output; tokens (B, 1+K, Dv).
+    text: (B, T, Dt) text-encoder states of the (masked) text.
+    fusion: fused streams and pooled (B, 2Df) feature.
+    image_embed / text_embed: (B, A) L2-normalised GLA-global embeddings, or None.
+    image_local / text_local: (B, K, A) / (B, T, A) L2-normalised GLA-local features, or None.
+    mlm_logits: (M, V) logits at the M positions selected by ``mlm_positions``, or None.
+    mim_pred: (B, N, P*P*C) pixel predictions for every patch, or None.
+    """
+
+    vision: VisionOutput
+    text: torch.Tensor
+    fusion: FusionOutput
+    image_embed: torch.Tensor | None = None
+    text_embed: torch.Tensor | None = None
+    image_local: torch.Tensor | None = None
+    text_local: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None
+    mim_pred: torch.Tensor | None = None
+
+
+class MPMAModel(nn.Module):
+    """MPMA backbone and pre-training heads.
+
+    Args:
+        config: the full configuration (vision, text, fusion, decoder, objectives are read).
+        vocab_size: tokenizer vocabulary size.
+        pad_token_id: tokenizer padding id.
+    """
+
+    def __init__(self, config: Config, vocab_size: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.config = config
+        objectives = config.objectives
+        self.vision = VisionTransformer(config.vision)
+        self.text = TextEncoder(config.text, vocab_size, pad_token_id)
+        self.fusion = CoAttentionFusion(config.fusion, self.text.width, self.vision.width)
+        self.align = None
+        if objectives.global_align > 0 or objectives.local_align > 0:
+            self.align = AlignmentHeads(
+                self.vision.width, self.text.width, objectives.align_dim, objectives.temperature,
+                local=objectives.local_align > 0,
+            )
+        self.mlm_head = MLMHead(config.fusion.width, vocab_size) if objectives.mlm > 0 else None
+        patch_pixels = config.vision.patch_size**2 * config.vision.channels
+        self.mim_decoder = (
+            MIMDecoder(config.decoder, config.fusion.width, self.vision.grid**2, patch_pixels)
+            if objectives.mim > 0 else None
+        )
+        self.itm_head = ClassifierHead(2 * config.fusion.width, 2) if objectives.itm > 0 else None
+
+    # ---------------------------------------------------------------- unimodal features
+
+    def encode_image(
+        self, images: torch.Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+    ) -> VisionOutput:
+        """images (B, C, H, W) -> VisionOutput with tokens (B, 1+K, Dv)."""
+        return self.vision(images, mask_ratio=mask_ratio, generator=generator)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, Dt)."""
+        return self.text(input_ids, attention_mask)
+
+    def _pool(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """CLS (position 0) or the mean of the valid non-CLS tokens: (B, N, D) -> (B, D)."""
+        if self.config.objectives.align_pool == "cls":
+            return tokens[:, 0]
+        if self.config.objectives.align_pool != "mean":
+            raise ValueError(f"objectives.align_pool must be 'cls' or 'mean', got {self.config.objectives.align_pool!r}")
+        return masked_mean(tokens[:, 1:], valid[:, 1:])
+
+    def image_embedding(self, vision: VisionOutput) -> torch.Tensor:
+        """GLA-global image embedding (B, A), L2-normalised."""
+        tokens = vision.tokens
+        valid = torch.ones(tokens.shape[:2], device=tokens.device)
+        return F.normalize(self.align.global_image(self._pool(tokens, valid)), dim=-1)
+
+    def text_embedding(self, text: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """GLA-global text embedding (B, A), L2-normalised. text (B, T, Dt), attention_mask (B, T)."""
+        return F.normalize(self.align.global_text(self._pool(text, attention_mask)), dim=-1)
+
+    @torch.no_grad()
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unmasked images (B, C, H, W) -> normalised retrieval embeddings (B, A)."""
+        return self.image_embedding(self.encode_image(images))
+
+    @torch.no_grad()
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> normalised retrieval embeddings (B, A)."""
+        return self.text_embedding(self.encode_text(input_ids, attention_mask), attention_mask)
+
+    # ---------------------------------------------------------------- fusion and heads
+
+    def fuse(
+        self, text: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor,
+        return_attention: bool = False,
+    ) -> FusionOutput:
+        """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv)."""
+        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention)
+
+    def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled fused features (B, 2Df) -> matched/unmatched logits (B, 2)."""
+        return self.itm_head(pooled)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask_ratio: float | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MPMAOutput:
+        """One pass over a (masked) image-text pair batch: encoders, alignment features, fusion, heads.
+
+        Args:
+            images: (B, C, H, W) normalised pixels.
+            input_ids: (B, T) token ids, already MLM-masked by the collate function.
+            attention_mask: (B, T) 1 for real tokens.
+            mask_ratio: image mask ratio; None uses ``vision.mask_ratio``.
+            mlm_positions: (B, T) bool, where MLM logits are wanted (masked tokens).
+            generator: RNG for the image mask.
+        """
+        ratio = self.config.vision.mask_ratio if mask_ratio is None else mask_ratio
+        vision = self.encode_image(images, ratio, generator)
+        text = self.encode_text(input_ids, attention_mask)
+        out = MPMAOutput(vision=vision, text=text, fusion=None)  # type: ignore[arg-type]
+        if self.align is not None:
+            out.image_embed = self.image_embedding(vision)
+            out.text_embed = self.text_embedding(text, attention_mask)
+            if self.align.local_image is not None:
+                out.image_local = F.normalize(self.align.local_image(vision.tokens[:, 1:]), dim=-1)
+                out.text_local = F.normalize(self.align.local_text(text), dim=-1)
+        out.fusion = self.fuse(text, attention_mask, vision.tokens)
+        if self.mlm_head is not None and mlm_positions is not None:
+            out.mlm_logits = self.mlm_head(out.fusion.text[mlm_positions])
+        if self.mim_decoder is not None and vision.ids_restore is not None:
+            out.mim_pred = self.mim_decoder(out.fusion.image, vision.ids_restore)
+        return out
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides biases and norms."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("pos_embed", "cls_token", "mask_token",
+                                                                      "type_embed", "memory", "log_inv_temperature"))}
+
+    def head_parameter_names(self) -> set[str]:
+        """Parameters trained with ``optim.head_lr_mult``: fusion and every head (M3AE's 5x rule)."""
+        prefixes = ("fusion.", "align.", "mlm_head.", "mim_decoder.", "itm_head.")
+        return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}

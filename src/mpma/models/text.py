@@ -1,0 +1,60 @@
+"""BERT-family text encoder built with Hugging Face ``transformers`` from a config (never downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpma.config import TextConfig
+
+
+def build_hf_text_config(config: TextConfig, vocab_size: int, pad_token_id: int):
+    """A ``transformers`` config of ``config.model_type`` with the preset's shape."""
+    from transformers import AutoConfig
+
+    extra = {}
+    if config.model_type == "roberta":
+        # RoBERTa offsets its position ids by padding_idx + 1.
+        extra["max_position_embeddings"] = config.max_length + pad_token_id + 2
+    else:
+        extra["max_position_embeddings"] = max(config.max_length, 16)
+    return AutoConfig.for_model(
+        config.model_type,
+        vocab_size=vocab_size,
+        hidden_size=config.width,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.heads,
+        intermediate_size=config.intermediate,
+        pad_token_id=pad_token_id,
+        type_vocab_size=2 if config.model_type == "bert" else 1,
+        **extra,
+    )
+
+
+class TextEncoder(nn.Module):
+    """Wraps a ``transformers`` encoder (``AutoModel``, no pooler): token ids -> token features.
+
+    Args:
+        config: text configuration (``model_type`` is a transformers model type such as "bert").
+        vocab_size: tokenizer vocabulary size.
+        pad_token_id: tokenizer padding id.
+    """
+
+    def __init__(self, config: TextConfig, vocab_size: int, pad_token_id: int) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.config = config
+        if config.init:
+            self.encoder = AutoModel.from_pretrained(config.init, add_pooling_layer=False, local_files_only=True)
+        else:
+            hf_config = build_hf_text_config(config, vocab_size, pad_token_id)
+            self.encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        self.width = self.encoder.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and (B, T) 1/0 mask -> (B, T, D) last hidden states."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()

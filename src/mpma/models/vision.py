@@ -1,0 +1,167 @@
+"""ViT image encoder that can encode only the visible patches of a masked image (MAE-style)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpma.config import VisionConfig
+from mpma.models.layers import Block, init_weights
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut images into flattened patches.
+
+    Args:
+        images: (B, C, H, W) with H and W multiples of ``patch_size``.
+
+    Returns:
+        (B, N, P*P*C) patches in row-major grid order, pixels ordered (p_row, p_col, channel).
+    """
+    batch, channels, height, width = images.shape
+    p = patch_size
+    grid_h, grid_w = height // p, width // p
+    x = images.reshape(batch, channels, grid_h, p, grid_w, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # B, gh, gw, p, p, C
+    return x.reshape(batch, grid_h * grid_w, p * p * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
+    """Inverse of :func:`patchify` for a square grid: (B, N, P*P*C) -> (B, C, H, W)."""
+    batch, n, _ = patches.shape
+    grid = int(math.isqrt(n))
+    if grid * grid != n:
+        raise ValueError(f"unpatchify needs a square grid, got {n} patches")
+    p = patch_size
+    x = patches.reshape(batch, grid, grid, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(batch, channels, grid * p, grid * p)
+
+
+def random_masking(
+    batch: int, n_patches: int, mask_ratio: float, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw a per-sample random subset of patches to keep.
+
+    Returns:
+        ids_keep (B, K) indices of the visible patches (K = round(N * (1 - mask_ratio)), at least 1),
+        mask (B, N) float, 1 = masked / 0 = visible,
+        ids_restore (B, N) permutation that puts [visible ; masked] back into grid order.
+    """
+    n_keep = max(1, int(round(n_patches * (1.0 - mask_ratio))))
+    noise = torch.rand(batch, n_patches, device=device, generator=generator)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    ids_keep = ids_shuffle[:, :n_keep]
+    mask = torch.ones(batch, n_patches, device=device)
+    mask[:, :n_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return ids_keep, mask, ids_restore
+
+
+def resize_position_embedding(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """Bicubically resize learned position embeddings to another square grid.
+
+    Args:
+        pos: (1, 1 + G*G, D) with the CLS position first.
+        new_grid: target grid side G'.
+
+    Returns:
+        (1, 1 + G'*G', D).
+    """
+    cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
+    old_grid = int(math.isqrt(grid_pos.shape[1]))
+    if old_grid == new_grid:
+        return pos
+    width = grid_pos.shape[-1]
+    grid_pos = grid_pos.reshape(1, old_grid, old_grid, width).permute(0, 3, 1, 2)
+    grid_pos = F.interpolate(grid_pos.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid_pos = grid_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, width)
+    return torch.cat([cls_pos, grid_pos], dim=1)
+
+
+@dataclass
+class VisionOutput:
+    """Result of :meth:`VisionTransformer.forward`.
+
+    tokens: (B, 1 + K, D) final-normalised CLS + visible patch tokens (K = N when unmasked).
+    ids_keep: (B, K) grid indices of the encoded patches, or None when nothing was masked.
+    mask: (B, N) 1 = masked, or None.
+    ids_restore: (B, N) or None.
+    grid: side of the patch grid.
+    """
+
+    tokens: torch.Tensor
+    ids_keep: torch.Tensor | None
+    mask: torch.Tensor | None
+    ids_restore: torch.Tensor | None
+    grid: int
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder: patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        if config.image_size % config.patch_size:
+            raise ValueError(f"vision.image_size {config.image_size} is not a multiple of patch_size")
+        self.config = config
+        self.patch_size = config.patch_size
+        self.grid = config.image_size // config.patch_size
+        self.patch_embed = nn.Conv2d(config.channels, config.width, config.patch_size, config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, config.width))
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(init_weights)
+        w = self.patch_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def position_embedding(self, grid: int) -> torch.Tensor:
+        """(1, 1 + grid*grid, D), interpolated when the image size differs from the configured one."""
+        return resize_position_embedding(self.pos_embed, grid)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: torch.Generator | None = None,
+        ids_keep: torch.Tensor | None = None,
+    ) -> VisionOutput:
+        """Encode images, optionally only a random visible subset of their patches.
+
+        Args:
+            images: (B, C, H, W), H == W, a multiple of the patch size.
+            mask_ratio: share of patches to hide (0 = encode everything).
+            generator: RNG for the mask (for reproducible masks).
+            ids_keep: (B, K) explicit visible patch indices; overrides ``mask_ratio``.
+        """
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, D)
+        batch, n_patches, _ = x.shape
+        grid = int(math.isqrt(n_patches))
+        pos = self.position_embedding(grid)
+        x = x + pos[:, 1:]
+        mask = ids_restore = None
+        if ids_keep is not None:
+            mask = torch.ones(batch, n_patches, device=x.device)
+            mask.scatter_(1, ids_keep, 0.0)
+            ids_restore = torch.cat([ids_keep, (mask.argsort(dim=1, stable=True))[:, ids_keep.shape[1] :]], 1)
+            ids_restore = ids_restore.argsort(dim=1)
+        elif mask_ratio > 0:
+            ids_keep, mask, ids_restore = random_masking(batch, n_patches, mask_ratio, x.device, generator)
+        if ids_keep is not None:
+            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return VisionOutput(self.norm(x), ids_keep, mask, ids_restore, grid)

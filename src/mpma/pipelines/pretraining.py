@@ -1,0 +1,172 @@
+"""``mpma pretrain``: build data, tokenizer, model and task from a Config; train; evaluate; summarise.
+
+Run folder layout::
+
+    config.json        the resolved configuration
+    tokenizer/         the tokenizer the run used (a Hugging Face folder)
+    log.jsonl          one line per logged step: every loss term, metrics, lr, samples/s
+    checkpoints/       step_<N>/model.safetensors + state.pt (atomic)
+    summary.json       loss first/last means and the zero-shot retrieval check
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mpma.config import Config, config_from_dict
+from mpma.engine import checkpoint as ckpt
+from mpma.engine import distributed
+from mpma.engine.trainer import Trainer, parameter_groups
+
+
+class PretrainData:
+    """Train and held-out pair datasets plus the texts a tokenizer is trained on."""
+
+    def __init__(self, train, held_out, name: str) -> None:
+        self.train, self.held_out, self.name = train, held_out, name
+
+
+def build_pretrain_data(config: Config) -> PretrainData:
+    """synthrad (default) or a pre-training manifest (``data.dataset=PATH`` or ``name:PATH``)."""
+    from mpma.data.pairs import ManifestPairs, SynthradPairs, parse_data_spec
+
+    name, path = parse_data_spec(config.data.dataset)
+    size = config.vision.image_size
+    if name == "synthrad":
+        from mpma.data.synthrad import SynthRad
+
+        common = dict(seed=config.data.seed, image_size=size, normal_fraction=config.data.normal_fraction)
+        train = SynthRad(config.data.train_size, offset=0, **common)
+        held_out = SynthRad(config.run.eval_size, offset=config.data.train_size, **common)
+        return PretrainData(SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad")
+    manifest = Path(path)
+    train = ManifestPairs(manifest, "train", size)
+    try:
+        held_out = ManifestPairs(manifest, "validation", size)
+    except ValueError:
+        held_out = None
+    return PretrainData(train, held_out, f"manifest-{manifest.resolve()}")
+
+
+def build_tokenizer(config: Config, data: PretrainData):
+    """``text.tokenizer`` if set, else a WordPiece tokenizer trained on the training texts (cached)."""
+    from mpma.data.text import cached_tokenizer, load_tokenizer
+
+    if config.text.tokenizer:
+        return load_tokenizer(config.text.tokenizer)
+    import hashlib
+
+    name = data.name
+    if name != "synthrad":
+        name = "manifest-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    else:
+        name = f"synthrad-s{config.data.seed}"
+    return cached_tokenizer(name, lambda: data.train.texts()[:20000], config.text.vocab_size)
+
+
+def build_task(config: Config, tokenizer):
+    from mpma.models.mpma import MPMAModel
+    from mpma.tasks.pretrain import PretrainTask
+
+    model = MPMAModel(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    return PretrainTask(model, config, tokenizer.mask_token_id, len(tokenizer))
+
+
+def summarize_losses(log_path: Path, total_steps: int, terms: list[str]) -> dict[str, dict[str, float]]:
+    """Mean of each term over the logged steps in the first 5% and in the last 5% of the run."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    window = max(1, int(round(0.05 * total_steps)))
+    summary = {}
+    for term in terms:
+        values = [(r["step"], r[term]) for r in rows if term in r]
+        if not values:
+            continue
+        first = [v for s, v in values if s <= window] or [values[0][1]]
+        last = [v for s, v in values if s > total_steps - window] or [values[-1][1]]
+        summary[term] = {"first": sum(first) / len(first), "last": sum(last) / len(last)}
+    return summary
+
+
+def load_run_config(run_dir: Path) -> Config:
+    return config_from_dict(json.loads((run_dir / "config.json").read_text()))
+
+
+def run_pretraining(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``."""
+    from mpma.data.pairs import PairCollator
+    from mpma.data.sampling import EpochBatches, iterate_batches
+
+    run_dir = Path(out_dir)
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
+    env = distributed.setup(config.run.device)
+    try:
+        if resume:
+            if not (run_dir / "config.json").exists():
+                raise FileNotFoundError(f"--resume: {run_dir} has no config.json (is it a run folder?)")
+            config = load_run_config(run_dir)
+        elif env.is_main and (run_dir / "checkpoints").exists() and ckpt.list_checkpoints(run_dir):
+            raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it or choose --out")
+        torch.manual_seed(config.run.seed)
+        data = build_pretrain_data(config)
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tokenizer = build_tokenizer(config, data)
+            config.save(run_dir / "config.json")
+            if not (run_dir / "tokenizer").exists():
+                tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+        distributed.barrier()
+        if not env.is_main:
+            tokenizer = build_tokenizer(config, data)
+        task = build_task(config, tokenizer).to(env.device)
+        model = task.model
+        groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
+                                  {f"model.{n}" for n in model.no_weight_decay()})
+        trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env)
+        latest = ckpt.latest_checkpoint(run_dir) if resume else None
+        if latest is not None:
+            trainer.resume(latest)
+        collate = PairCollator(tokenizer, config.text.max_length)
+        sampler = EpochBatches(len(data.train), config.data.batch_size, config.data.seed, env.rank, env.world_size)
+        started = time.perf_counter()
+        trainer.fit(lambda start: iterate_batches(data.train, collate, sampler, start, config.data.num_workers), progress)
+        train_seconds = time.perf_counter() - started
+        summary = {}
+        if env.is_main:
+            summary = {
+                "steps": config.optim.steps,
+                "train_seconds": round(train_seconds, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "losses": summarize_losses(run_dir / "log.jsonl", config.optim.steps, ["loss", *task.loss_weights]),
+                "retrieval": evaluate_zero_shot_retrieval(model, data, collate, config, env.device),
+            }
+            tmp = run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(run_dir / "summary.json")
+        return summary
+    finally:
+        distributed.cleanup()
+
+
+def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Config, device) -> dict:
+    """Zero-shot retrieval on held-out pairs; a hit is an item with the same grouping key."""
+    from mpma.eval.retrieval import embed_dataset, retrieval_report
+
+    if model.align is None:
+        return {"skipped": "no GLA alignment head in this configuration (objectives.global_align=0)"}
+    if data.held_out is None:
+        return {"skipped": "the manifest has no 'validation' split"}
+    image_embed, text_embed = embed_dataset(model, data.held_out, collate, 256, device)
+    if hasattr(data.held_out, "cases"):
+        keys = [data.held_out.cases[i].finding_key for i in range(len(data.held_out))]
+    else:
+        keys = [r.text for r in data.held_out.records]
+    report = retrieval_report(image_embed, text_embed, keys)
+    report["n_pairs"] = len(keys)
+    report["n_distinct_keys"] = len(set(keys))
+    return report
+
