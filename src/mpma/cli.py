@@ -69,6 +69,26 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from mpma.pipelines.finetuning import finetune_config, run_finetune
+
+    config = finetune_config(args.task, args.init, args.data, args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.task}-{Path(args.init).name}"
+    result = run_finetune(config, out, progress=not args.no_progress)
+    if result:
+        print((out / "metrics.md").read_text())
+        print(f"run folder: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mpma.pipelines.finetuning import evaluate_run
+
+    metrics = evaluate_run(args.run, args.split)
+    print(json.dumps(metrics, indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpma", description="MPMA medical vision-language pre-training")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     pretrain.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pretrain.set_defaults(func=cmd_pretrain)
+
+    finetune = commands.add_parser("finetune", help="fine-tune and evaluate a downstream task")
+    finetune.add_argument("task", choices=["vqa", "mm_cls", "retrieval", "img_cls", "txt_cls", "zero_shot_cls"])
+    finetune.add_argument("--init", default="scratch",
+                          help="'scratch' or a pre-training run folder / checkpoint folder (default: scratch)")
+    finetune.add_argument("--data", help="synthrad (default), vqa-rad:PATH, or a manifest path")
+    finetune.add_argument("--config", help="YAML file with fine-tuning settings (optional)")
+    finetune.add_argument("--out", help="run folder (default: runs/<task>-<init>)")
+    finetune.add_argument("--no-progress", action="store_true")
+    finetune.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                          help="e.g. epochs=5 optim.lr=1e-4 head.vqa_loss=ce data.fraction=0.1 preset=small")
+    finetune.set_defaults(func=cmd_finetune)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a fine-tuning run's best weights on a split")
+    evaluate.add_argument("--run", required=True)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.set_defaults(func=cmd_evaluate)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthrad images and JSONL manifests to a folder")
@@ -101,10 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from mpma.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops collecting positionals at an option).
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,20 @@
 """synthrad: a seeded, procedural chest-radiograph-like dataset with known ground truth.
 
-Each case is drawn from ``np.random.SeedSequence([seed, index])``: a set of 0-2
-findings (kind, side, zone, size; uniform over :data:`COMBOS`, no two sharing
+Each case has a set of 0-``max_findings`` findings (kind, side, zone, size;
+uniform over the 17 allowed (kind, side, zone) :data:`COMBOS`, no two sharing
 (kind, side), ``normal_fraction`` of cases normal), a grayscale image showing
-them, a short free-text report, VQA pairs, multi-hot labels and a retrieval key.
+them with one box per finding, a short free-text report, VQA pairs, multi-hot
+labels over :data:`LABELS` and a retrieval key (:func:`finding_key`: sorted
+``kind:side:zone``, size ignored; 142 distinct keys exist with
+``max_findings=2``, "normal" included).
+
+Anatomy/finding rules: nodule = small sharp round bright spot (radius >= 2.6 px
+at any size); opacity = larger ill-defined blob blended toward soft-tissue
+density inside the lung; effusion = lower zone only, basal fluid with a meniscus
+rising laterally (costophrenic blunting); pneumothorax = upper zone only,
+apical/lateral lucency without lung markings bounded by a bright pleural line;
+cardiomegaly = side "center", zone "middle", heart widened to a
+cardiothoracic ratio > 0.5 (normal hearts are ~0.4).
 
 Image convention: a PA radiograph seen from the front, so the patient's
 **right** side is on the image **left** (small x) and the patient's left on the
@@ -16,27 +27,30 @@ make images with the same findings differ. Each finding's box ``(y0, x0, y1,
 x1)`` (pixel coordinates, y1/x1 exclusive) bounds the pixels it changes by at
 least 30 % of its peak effect (for cardiomegaly: the enlarged heart silhouette).
 
-Randomness is split into independent streams (findings, geometry/intensity,
-per-finding jitter keyed by (kind, side), text), so rendering the same case
-with a different ``findings`` override changes only the findings' pixels.
+Randomness: findings come from ``np.random.default_rng([seed, index])``;
+geometry, intensity and noise from ``[seed, index, 1]``; per-finding jitter from
+``[seed, index, 2, kind, side]``; report and VQA wording from ``[seed, index, 4]``
+(text pairs: ``[seed, index, 3]``). Rendering the same case with a different
+``findings`` override therefore changes only the findings' pixels.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mpma.data.synthrad_text import (
     ALLOWED_LOCATIONS, COMBOS, FINDING_KINDS, LABELS, NEGATION_SENTENCES, NORMAL_SENTENCES,
-    SIDES, SIZES, SYNONYMS, ZONE_WORDS, ZONES, Finding, VQAPair, build_report, build_vqa,
-    entailment_label, finding_key, labels_for, text_pairs,
+    SIDES, SIZES, SYNONYMS, ZONE_WORDS, ZONES, Finding, SynthCase, VQAPair, build_report,
+    build_vqa, entailment_label, finding_key, labels_for, sample_findings, text_pairs,
 )
 
 __all__ = [
@@ -54,26 +68,10 @@ _ZONE_V = {"upper": -0.40, "middle": -0.04, "lower": 0.24}
 _LUNG_AX, _LUNG_AY, _LUNG_CY = 0.30, 0.70, -0.02
 
 
-@dataclass
-class SynthCase:
-    """One generated case; see the module docstring for conventions."""
-
-    index: int
-    image: np.ndarray
-    findings: tuple[Finding, ...]
-    boxes: tuple[Box, ...]
-    report: str
-    finding_key: str
-    labels: np.ndarray
-    vqa: list[VQAPair]
-    negated: tuple[str, ...] = ()
-    seed: int = 0
-    heart_ratio: float = field(default=0.0)
-
-
 @functools.lru_cache(maxsize=16)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     c = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
+    c.flags.writeable = False
     return c[:, None], c[None, :]
 
 
@@ -81,38 +79,51 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 def _upsampler(size: int, n: int) -> np.ndarray:
     """(size, n) bilinear interpolation matrix from an n-point grid to ``size`` pixels."""
     pos = np.clip((np.arange(size) + 0.5) / size * (n - 1), 0, n - 1)
-    lo = np.minimum(pos.astype(int), n - 2)
-    w = (pos - lo).astype(np.float32)
-    m = np.zeros((size, n), dtype=np.float32)
-    m[np.arange(size), lo] = 1.0 - w
-    m[np.arange(size), lo + 1] = w
+    m = np.maximum(0.0, 1.0 - np.abs(pos[:, None] - np.arange(n)[None, :])).astype(np.float32)
+    m.flags.writeable = False
     return m
 
 
 def _soft(x: np.ndarray, k: float) -> np.ndarray:
-    return np.clip(x * k, 0.0, 1.0)
+    """``clip(x * k, 0, 1)`` (faster than ``np.clip`` with scalars)."""
+    y = x * np.float32(k)
+    np.maximum(y, 0.0, out=y)
+    return np.minimum(y, 1.0, out=y)
 
 
-def _bbox(mask: np.ndarray) -> Box:
+def _bbox(mask: np.ndarray, r0: int = 0, c0: int = 0) -> Box:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return (0, 0, 0, 0)
-    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+        return (r0, c0, r0, c0)
+    return (r0 + int(rows[0]), c0 + int(cols[0]), r0 + int(rows[-1]) + 1, c0 + int(cols[-1]) + 1)
 
 
-def sample_findings(rng: np.random.Generator, normal_fraction: float = 0.1,
-                    max_findings: int = 2) -> tuple[Finding, ...]:
-    """Draw a finding set: normal w.p. ``normal_fraction``, else 1..max_findings findings."""
-    if max_findings < 1 or rng.random() < normal_fraction:
-        return ()
-    n = int(rng.integers(1, max_findings + 1))
-    chosen: list[Finding] = []
-    for _ in range(n):
-        taken = {(f.kind, f.side) for f in chosen}
-        options = [c for c in COMBOS if (c[0], c[1]) not in taken]
-        k, s, z = options[int(rng.integers(len(options)))]
-        chosen.append(Finding(k, s, z, SIZES[int(rng.integers(len(SIZES)))]))
-    return tuple(sorted(chosen, key=lambda f: (FINDING_KINDS.index(f.kind), f.side, f.zone)))
+class _Frame:
+    """Per-case affine map between thorax coordinates (u, v) and image pixels."""
+
+    def __init__(self, size: int, scale: float, rot: float, dx: float, dy: float) -> None:
+        self.size, self.scale, self.dx, self.dy = size, scale, dx, dy
+        self.c, self.s = float(np.cos(rot)), float(np.sin(rot))
+        yy, xx = _grid(size)
+        cr, sr = np.float32(self.c / scale), np.float32(self.s / scale)
+        x0, y0 = xx - np.float32(dx), yy - np.float32(dy)
+        self.u, self.v = cr * x0 + sr * y0, cr * y0 - sr * x0
+
+    def window(self, umin: float, umax: float, vmin: float, vmax: float,
+               within: tuple[slice, slice] | None = None) -> tuple[slice, slice]:
+        """Pixel slices covering the (u, v) rectangle, optionally relative to ``within``."""
+        h, c, s, k = self.size / 2, self.c, self.s, self.scale
+        xs = [k * (c * a - s * b) + self.dx for a in (umin, umax) for b in (vmin, vmax)]
+        ys = [k * (s * a + c * b) + self.dy for a in (umin, umax) for b in (vmin, vmax)]
+        r0, c0 = math.floor((min(ys) + 1) * h - 0.5) - 1, math.floor((min(xs) + 1) * h - 0.5) - 1
+        r1, c1 = math.ceil((max(ys) + 1) * h - 0.5) + 2, math.ceil((max(xs) + 1) * h - 0.5) + 2
+        lo_r, lo_c, hi_r, hi_c = 0, 0, self.size, self.size
+        if within is not None:
+            (lo_r, hi_r), (lo_c, hi_c) = (within[0].start, within[0].stop), (within[1].start,
+                                                                             within[1].stop)
+        r0, r1 = min(max(r0, lo_r), hi_r) - lo_r, min(max(r1, lo_r), hi_r) - lo_r
+        c0, c1 = min(max(c0, lo_c), hi_c) - lo_c, min(max(c1, lo_c), hi_c) - lo_c
+        return slice(r0, r1), slice(c0, c1)
 
 
 def render(findings: Sequence[Finding], seed: int, index: int,
@@ -132,92 +143,109 @@ def render(findings: Sequence[Finding], seed: int, index: int,
     if image_size < 32:
         raise ValueError("image_size must be >= 32")
     rng = np.random.default_rng([seed, index, 1])
-    yy, xx = _grid(image_size)
-    half = image_size / 2.0
     scale, rot = rng.uniform(0.92, 1.04), np.deg2rad(rng.uniform(-4.0, 4.0))
     dx, dy = rng.uniform(-0.05, 0.05, size=2)
-    cr, sr = np.float32(np.cos(rot) / scale), np.float32(np.sin(rot) / scale)
-    x0, y0 = xx - np.float32(dx), yy - np.float32(dy)
-    u, v = cr * x0 + sr * y0, cr * y0 - sr * x0
-    au = np.abs(u)
-    # Body soft tissue with a brighter rim, dark air outside.
-    bu, bv = u / 0.93, (v - 0.14) / 1.2
-    body_r2 = np.abs(bu * bu * bu) + np.abs(bv * bv * bv)
-    body = _soft(1.0 - body_r2, 8.0)
-    img = 0.04 + body * (0.46 + 0.12 * _soft(body_r2 - 0.5, 2.5))
-    # Lungs carved out of the thorax, domes of the diaphragm at the base.
+    fr = _Frame(image_size, scale, rot, float(dx), float(dy))
+    u, v = fr.u, fr.v
+    # Body soft tissue (super-ellipse) with a brighter rim, dark air outside.
+    bu, bv = (u * np.float32(1 / 0.93)) ** 2, ((v - 0.14) * np.float32(1 / 1.2)) ** 2
+    body_r = bu * bu + bv * bv
+    body = _soft(1.0 - body_r, 6.0)
+    img = 0.04 + body * (0.46 + 0.12 * _soft(body_r - 0.35, 2.0))
+    spine = fr.window(-0.1, 0.1, -1.3, 1.3)
+    img[spine] += 0.06 * _soft(0.075 - np.abs(u[spine]), 40.0) * body[spine]
+    # Everything else lives in the thorax window T (sub is a view into img).
+    T = fr.window(-0.76, 0.76, -0.98, 0.78)
+    ut, vt, sub = u[T], v[T], img[T]
+    aut = np.abs(ut)
     lung_cx = {"right": -0.40 + rng.uniform(-0.02, 0.02), "left": 0.40 + rng.uniform(-0.02, 0.02)}
     dome_top = {"right": 0.34 + rng.uniform(-0.03, 0.03), "left": 0.41 + rng.uniform(-0.03, 0.03)}
     ells, lungs = {}, {}
     for side in SIDES:
-        t = (u - lung_cx[side]) / _LUNG_AX
-        ells[side] = _soft(1.0 - t * t - ((v - _LUNG_CY) / _LUNG_AY) ** 2, 6.0)
-        lungs[side] = ells[side] * _soft(dome_top[side] + 0.22 * t * t - v, 20.0)
+        t = (ut - lung_cx[side]) * np.float32(1 / _LUNG_AX)
+        t2 = t * t
+        ells[side] = _soft(1.0 - t2 - ((vt - _LUNG_CY) * np.float32(1 / _LUNG_AY)) ** 2, 6.0)
+        lungs[side] = ells[side] * _soft(dome_top[side] + 0.22 * t2 - vt, 20.0)
     by_kind = {f.kind: f for f in findings}
     heart_ax = 0.28 + rng.uniform(-0.02, 0.02)
     if "cardiomegaly" in by_kind:
         heart_ax = (0.42, 0.48, 0.54)[_SIZE_IDX[by_kind["cardiomegaly"].size]]
     hcx, hcy, hay = 0.08, 0.30, 0.26 + 0.35 * (heart_ax - 0.28)
-    heart = _soft(1.0 - ((u - hcx) / heart_ax) ** 2 - ((v - hcy) / hay) ** 2, 5.0)
+    heart = _soft(1.0 - ((ut - hcx) * np.float32(1 / heart_ax)) ** 2
+                  - ((vt - hcy) * np.float32(1 / hay)) ** 2, 5.0)
     lung_all = (lungs["right"] + lungs["left"]) * (1.0 - heart)
-    noise_lr = rng.standard_normal((10, 10), dtype=np.float32)
     up = _upsampler(image_size, 10)
-    markings = up @ noise_lr @ up.T
-    hila = np.exp(-((au - 0.2) ** 2 / 0.012 + v * v / 0.04))
-    img = img - lung_all * (0.34 - 0.05 * markings - 0.10 * hila)
+    markings = up[T[0]] @ rng.standard_normal((10, 10), dtype=np.float32) @ up[T[1]].T
+    hila = np.exp(-((aut - 0.2) ** 2 * np.float32(1 / 0.012) + vt * vt * np.float32(1 / 0.04)))
+    sub -= lung_all * (0.34 - 0.05 * markings - 0.10 * hila)
     boxes: list[Box] = []
     for f in findings:
         frng = np.random.default_rng([seed, index, 2, FINDING_KINDS.index(f.kind),
                                       ("right", "left", "center").index(f.side)])
         if f.kind == "cardiomegaly":
-            boxes.append(_bbox(heart > 0.5))
+            boxes.append(_bbox(heart > 0.5, T[0].start, T[1].start))
             continue
-        before = img
         sg = -1.0 if f.side == "right" else 1.0
         cx, si = lung_cx[f.side], _SIZE_IDX[f.size]
         if f.kind in ("nodule", "opacity"):
             fx = cx + sg * frng.uniform(-0.02, 0.08)
             fy = _ZONE_V[f.zone] + frng.uniform(-0.05, 0.05)
             if f.kind == "nodule":
-                r = max((0.085, 0.115, 0.15)[si] / scale, 2.6 / half)
-                blob = _soft(1.0 - ((u - fx) ** 2 + (v - fy) ** 2) / (r * r), 3.0)
-                img = img + frng.uniform(0.36, 0.44) * blob
+                r = max((0.085, 0.115, 0.15)[si] / scale, 2.6 / (image_size / 2.0))
+                w = fr.window(fx - r, fx + r, fy - r, fy + r, within=T)
+                before = sub[w].copy()
+                d2 = ((ut[w] - fx) ** 2 + (vt[w] - fy) ** 2) * np.float32(1 / (r * r))
+                sub[w] += frng.uniform(0.36, 0.44) * _soft(1.0 - d2, 3.0)
             else:
                 sig = (0.10, 0.135, 0.17)[si]
-                blob = np.zeros_like(img)
+                R = 3.8 * sig
+                w = fr.window(fx - R, fx + R, fy - R, fy + R, within=T)
+                before, uw, vw = sub[w].copy(), ut[w], vt[w]
+                blob = np.zeros_like(before)
                 for ox, oy in frng.uniform(-0.5, 0.5, size=(3, 2)) * sig:
-                    blob = blob + np.exp(-((u - fx - ox) ** 2 + (v - fy - oy) ** 2) / (2 * sig * sig))
-                amp = frng.uniform(0.8, 0.9) * np.clip(blob, 0.0, 1.0) * ells[f.side]
-                img = img + amp * (0.52 - img)
+                    blob += np.exp(((uw - float(fx + ox)) ** 2 + (vw - float(fy + oy)) ** 2)
+                                   * np.float32(-0.5 / (sig * sig)))
+                amp = np.minimum(blob, 1.0) * ells[f.side][w] * np.float32(frng.uniform(0.8, 0.9))
+                sub[w] += amp * (0.52 - before)
         elif f.kind == "effusion":
             depth = (0.27, 0.37, 0.50)[si] + frng.uniform(-0.02, 0.02)
-            lat = np.clip(sg * (u - cx) / _LUNG_AX, 0.0, 1.0)
-            surface = dome_top[f.side] + 0.22 - depth - 0.12 * lat * lat
-            fluid = _soft(v - surface, 18.0) * ells[f.side]
-            img = img + fluid * (0.47 - img) * 0.95
+            level = dome_top[f.side] + 0.22 - depth
+            w = fr.window(cx - _LUNG_AX, cx + _LUNG_AX, level - 0.2, _LUNG_CY + _LUNG_AY, within=T)
+            before = sub[w].copy()
+            lat = _soft(ut[w] - cx, sg / _LUNG_AX)
+            fluid = _soft(vt[w] - (level - 0.12 * lat * lat), 18.0) * ells[f.side][w]
+            sub[w] += fluid * (0.47 - before) * 0.95
         else:  # pneumothorax: apical/lateral lucency beyond a visible pleural line
             depth = (0.36, 0.48, 0.60)[si] + frng.uniform(-0.02, 0.02)
+            vcut = -0.05 + 0.25 * depth
+            w = fr.window(cx - _LUNG_AX, cx + _LUNG_AX, _LUNG_CY - _LUNG_AY, vcut + 0.05, within=T)
+            before, uw, vw = sub[w].copy(), ut[w], vt[w]
             ccx = cx - sg * _LUNG_AX * depth * 0.55
-            cax, cay, ccy = _LUNG_AX * (1 - 0.55 * depth), _LUNG_AY * (1 - 0.5 * depth), _LUNG_CY + _LUNG_AY * depth * 0.5
-            cr2 = ((u - ccx) / cax) ** 2 + ((v - ccy) / cay) ** 2
-            region = lungs[f.side] * (1.0 - heart) * _soft(-0.05 + 0.25 * depth - v, 10.0)
+            cax, cay = _LUNG_AX * (1 - 0.55 * depth), _LUNG_AY * (1 - 0.5 * depth)
+            cr2 = ((uw - ccx) / cax) ** 2 + ((vw - (_LUNG_CY + _LUNG_AY * depth * 0.5)) / cay) ** 2
+            region = lungs[f.side][w] * (1.0 - heart[w]) * _soft(vcut - vw, 10.0)
             air = region * _soft(cr2 - 1.0, 8.0)
-            line = region * np.clip(1.0 - np.abs(cr2 - 1.0) * 7.0, 0.0, 1.0)
-            img = img + air * (0.03 - img) + 0.16 * line
-        delta = np.abs(img - before)
-        boxes.append(_bbox(delta >= max(0.3 * float(delta.max()), 0.02)))
-    # Overlying bones: ribs, clavicles, spine; trachea lucency.
-    phase = (v - 0.28 * u * u + 0.12 * au) * 3.3 + rng.uniform(0.0, 1.0)
-    ribs = _soft(np.sin(2 * np.pi * phase) - 0.55, 2.2)
-    img = img + 0.07 * ribs * (ells["right"] + ells["left"])
-    img = img + 0.10 * np.exp(-((v + 0.74 - 0.22 * au) / 0.035) ** 2) * (au < 0.62) * body
-    img = img + (0.06 * _soft(0.075 - au, 40.0) - 0.09 * _soft(0.035 - au, 60.0) * (v < -0.35)) * body
+            line = region * _soft(1.0 - np.abs(cr2 - 1.0) * 7.0, 1.0)
+            sub[w] += air * (0.03 - before) + 0.16 * line
+        delta = np.abs(sub[w] - before)
+        boxes.append(_bbox(delta >= max(0.3 * float(delta.max(initial=0.0)), 0.02),
+                           T[0].start + w[0].start, T[1].start + w[1].start))
+    # Overlying bones (ribs, clavicles) and the trachea lucency.
+    phase = (vt - 0.28 * ut * ut + 0.12 * aut) * 3.3 + rng.uniform(0.0, 1.0)
+    ribs = _soft(np.sin(phase * np.float32(2 * np.pi)) - 0.55, 2.2)
+    sub += 0.07 * ribs * lung_all
+    clav = np.exp(((vt + 0.74 - 0.22 * aut) * np.float32(1 / 0.035)) ** 2 * -1.0) * (aut < 0.62)
+    sub += (0.10 * clav - 0.09 * _soft(0.035 - aut, 60.0) * (vt < -0.35)) * body[T]
     gx, gy = rng.uniform(-0.04, 0.04, size=2)
-    img = img + np.float32(gx) * xx + np.float32(gy) * yy
-    img = img + np.float32(rng.uniform(0.008, 0.03)) * rng.standard_normal(img.shape, dtype=np.float32)
-    gamma, contrast, bright = rng.uniform(0.8, 1.25), rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)
+    yy, xx = _grid(image_size)
+    img += np.float32(gx) * xx + np.float32(gy) * yy
+    img += np.float32(rng.uniform(0.008, 0.03)) * rng.standard_normal(img.shape, dtype=np.float32)
+    gamma, contrast = rng.uniform(0.8, 1.25), rng.uniform(0.85, 1.15)
+    bright = rng.uniform(-0.05, 0.05)
     lut = np.clip(((np.arange(256) / 255.0) ** gamma * contrast + bright) * 255.0 + 0.5, 0, 255)
-    q = np.clip(img * (255.0 / 0.72) + 0.5, 0, 255).astype(np.uint8)
+    img *= np.float32(255.0 / 0.72)
+    img += 0.5
+    q = np.minimum(np.maximum(img, 0.0, out=img), 255.0, out=img).astype(np.uint8)
     ratio = float(2 * heart_ax / (lung_cx["left"] - lung_cx["right"] + 2 * _LUNG_AX))
     return lut.astype(np.uint8)[q], tuple(boxes), ratio
 
@@ -228,7 +256,7 @@ def generate_case(index: int, seed: int = 0, image_size: int = 64, normal_fracti
 
     Args:
         index: Case index.
-        seed: Dataset seed; streams derive from ``np.random.SeedSequence([seed, index])``.
+        seed: Dataset seed; findings use ``np.random.default_rng([seed, index])``.
         image_size: Square image side in pixels (>= 32).
         normal_fraction: Probability that a case has no findings.
         max_findings: Maximum number of findings per case.
@@ -238,7 +266,8 @@ def generate_case(index: int, seed: int = 0, image_size: int = 64, normal_fracti
         The :class:`SynthCase`.
     """
     if findings is None:
-        findings = sample_findings(np.random.default_rng([seed, index]), normal_fraction, max_findings)
+        rng = np.random.default_rng([seed, index])
+        findings = sample_findings(rng, normal_fraction, max_findings)
     findings = tuple(findings)
     if len({(f.kind, f.side) for f in findings}) != len(findings):
         raise ValueError("findings must not repeat a (kind, side)")
@@ -265,8 +294,9 @@ class SynthRad(Sequence):
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 64, normal_fraction: float = 0.1,
                  max_findings: int = 2, offset: int = 0, cache_size: int = 0) -> None:
-        self.n, self.seed, self.image_size, self.offset = int(n), int(seed), int(image_size), int(offset)
-        self.normal_fraction, self.max_findings, self.cache_size = normal_fraction, max_findings, cache_size
+        self.n, self.seed, self.offset = int(n), int(seed), int(offset)
+        self.image_size, self.normal_fraction = int(image_size), float(normal_fraction)
+        self.max_findings, self.cache_size = int(max_findings), int(cache_size)
         self._cache: OrderedDict[int, SynthCase] = OrderedDict()
 
     def __len__(self) -> int:
@@ -290,10 +320,12 @@ class SynthRad(Sequence):
         return out
 
 
-def synthrad_splits(n_train: int, n_val: int, n_test: int, seed: int = 0, **kw) -> dict[str, SynthRad]:
+def synthrad_splits(n_train: int, n_val: int, n_test: int, seed: int = 0,
+                    **kw: Any) -> dict[str, SynthRad]:
     """Train/val/test datasets at fixed disjoint offsets (0, 1e9, 2e9) of one seed.
 
-    Fixed offsets keep val/test identical whatever ``n_train`` is.
+    Fixed offsets keep val/test identical whatever ``n_train`` is. ``kw`` goes to
+    :class:`SynthRad` (image_size, normal_fraction, max_findings, cache_size).
     """
     if max(n_train, n_val, n_test) > VAL_OFFSET:
         raise ValueError("split too large")
@@ -303,8 +335,15 @@ def synthrad_splits(n_train: int, n_val: int, n_test: int, seed: int = 0, **kw) 
 
 
 def write_synthrad(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 64,
-                   val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, Path]:
-    """Write PNGs and JSONL manifests (pretrain, vqa, cls, text_cls, truth) for ``n`` cases.
+                   val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   **kw: Any) -> dict[str, Path]:
+    """Write ``images/<id>.png`` and JSONL manifests for ``n`` cases split train/val/test.
+
+    Manifests: ``pretrain`` (id, image, text, split, finding_key), ``vqa`` (id, image,
+    question, answer, answer_type, question_type, split), ``cls`` (id, image, text,
+    labels, split), ``text_cls`` (id, text, text_pair, label, task, meta, split) and
+    ``truth`` (full ground truth incl. findings with boxes). Image paths are relative
+    to ``out_dir``; ids are ``<split>_<i:06d>``. ``kw`` goes to :func:`synthrad_splits`.
 
     Returns:
         ``{manifest name: path}`` plus ``"images"`` for the image folder.
@@ -312,35 +351,34 @@ def write_synthrad(out_dir: str | Path, n: int, seed: int = 0, image_size: int =
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
-    splits = synthrad_splits(n - n_val - n_test, n_val, n_test, seed, image_size=image_size)
-    names = ("pretrain", "vqa", "cls", "text_cls", "truth")
-    paths = {k: out / f"{k}.jsonl" for k in names}
+    splits = synthrad_splits(n - n_val - n_test, n_val, n_test, seed, image_size=image_size, **kw)
+    paths = {k: out / f"{k}.jsonl" for k in ("pretrain", "vqa", "cls", "text_cls", "truth")}
     files = {k: p.open("w", encoding="utf-8") for k, p in paths.items()}
+
+    def emit(name: str, split: str, rec: dict[str, Any]) -> None:
+        files[name].write(json.dumps({**rec, "split": split}) + "\n")
+
     try:
         for split, ds in splits.items():
-            for i in range(len(ds)):
-                c = ds[i]
+            for i, c in enumerate(ds):
                 cid, rel = f"{split}_{i:06d}", f"images/{split}_{i:06d}.png"
-                Image.fromarray(c.image, mode="L").save(out / rel)
+                Image.fromarray(c.image).save(out / rel)
                 base = {"id": cid, "image": rel}
-
-                def w(name: str, rec: dict) -> None:
-                    files[name].write(json.dumps({**rec, "split": split}) + "\n")
-
-                w("pretrain", {**base, "text": c.report, "finding_key": c.finding_key})
+                emit("pretrain", split, {**base, "text": c.report, "finding_key": c.finding_key})
                 for q in c.vqa:
-                    w("vqa", {**base, "question": q.question, "answer": q.answer,
-                              "answer_type": q.answer_type, "question_type": q.question_type})
-                w("cls", {**base, "text": c.report,
-                          "labels": [lab for lab, y in zip(LABELS, c.labels) if y > 0]})
+                    emit("vqa", split, {**base, "question": q.question, "answer": q.answer,
+                                        "answer_type": q.answer_type,
+                                        "question_type": q.question_type})
+                emit("cls", split, {**base, "text": c.report,
+                                    "labels": [lab for lab, y in zip(LABELS, c.labels) if y > 0]})
                 for p in text_pairs(c):
-                    w("text_cls", {"id": cid, **p})
-                w("truth", {**base, "index": c.index, "seed": seed, "report": c.report,
-                            "finding_key": c.finding_key, "negated": list(c.negated),
-                            "heart_ratio": round(c.heart_ratio, 3),
-                            "findings": [{"kind": f.kind, "side": f.side, "zone": f.zone,
-                                          "size": f.size, "box": list(b)}
-                                         for f, b in zip(c.findings, c.boxes)]})
+                    emit("text_cls", split, {"id": cid, **p})
+                emit("truth", split, {
+                    **base, "index": c.index, "seed": seed, "report": c.report,
+                    "finding_key": c.finding_key, "negated": list(c.negated),
+                    "heart_ratio": round(c.heart_ratio, 3),
+                    "findings": [{"kind": f.kind, "side": f.side, "zone": f.zone, "size": f.size,
+                                  "box": list(b)} for f, b in zip(c.findings, c.boxes)]})
     finally:
         for fh in files.values():
             fh.close()

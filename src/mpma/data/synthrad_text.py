@@ -1,4 +1,4 @@
-"""Text side of synthrad: ground-truth types, reports, VQA pairs and text pairs.
+"""Ground truth and text side of synthrad: types, finding sampling, reports, VQA, text pairs.
 
 Everything here is derived from the structured ground truth (a tuple of
 :class:`Finding`); nothing is parsed back from text. Sides are the *patient's*
@@ -11,6 +11,9 @@ are absent from the case, or for a normal case a global "no abnormality"
 sentence (which negates every kind). The tables :data:`SYNONYMS`,
 :data:`NEGATION_SENTENCES`, :data:`NORMAL_SENTENCES` and :data:`ZONE_WORDS` are
 exported so that tests and evaluations can check the wording.
+
+Image rendering, datasets and file export live in :mod:`mpma.data.synthrad`, which
+re-exports everything public from here (import from there).
 """
 
 from __future__ import annotations
@@ -72,6 +75,52 @@ class VQAPair:
     answer: str
     answer_type: str  # "CLOSED" or "OPEN"
     question_type: str  # presence | location | normal | side | kind | size
+
+
+def sample_findings(rng: np.random.Generator, normal_fraction: float = 0.1,
+                    max_findings: int = 2) -> tuple[Finding, ...]:
+    """Draw a finding set: normal w.p. ``normal_fraction``, else 1..max_findings findings."""
+    if max_findings < 1 or rng.random() < normal_fraction:
+        return ()
+    n = int(rng.integers(1, max_findings + 1))
+    chosen: list[Finding] = []
+    for _ in range(n):
+        taken = {(f.kind, f.side) for f in chosen}
+        options = [c for c in COMBOS if (c[0], c[1]) not in taken]
+        k, s, z = options[int(rng.integers(len(options)))]
+        chosen.append(Finding(k, s, z, SIZES[int(rng.integers(len(SIZES)))]))
+    return tuple(sorted(chosen, key=lambda f: (FINDING_KINDS.index(f.kind), f.side, f.zone)))
+
+
+@dataclass
+class SynthCase:
+    """One generated case; see the module docstring for conventions.
+
+    Attributes:
+        index: Case index within the seed (split offset included).
+        image: (H, W) uint8 grayscale radiograph.
+        findings: Ground-truth findings (empty for a normal case).
+        boxes: One ``(y0, x0, y1, x1)`` pixel box per finding (y1/x1 exclusive).
+        report: Free-text report.
+        finding_key: Retrieval key (see :func:`finding_key`).
+        labels: (len(LABELS),) float32 multi-hot vector.
+        vqa: Question/answer pairs.
+        negated: Kinds the report states are absent (all kinds for a normal report).
+        seed: Dataset seed.
+        heart_ratio: Cardiothoracic ratio of the drawn heart.
+    """
+
+    index: int
+    image: np.ndarray
+    findings: tuple[Finding, ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
+    report: str
+    finding_key: str
+    labels: np.ndarray
+    vqa: list[VQAPair]
+    negated: tuple[str, ...] = ()
+    seed: int = 0
+    heart_ratio: float = 0.0
 
 
 def finding_key(findings: Sequence[Finding]) -> str:
@@ -158,7 +207,8 @@ def finding_sentence(f: Finding, rng: np.random.Generator) -> str:
                            side=f.side)
 
 
-def build_report(findings: Sequence[Finding], rng: np.random.Generator) -> tuple[str, tuple[str, ...]]:
+def build_report(findings: Sequence[Finding],
+                 rng: np.random.Generator) -> tuple[str, tuple[str, ...]]:
     """Write a short report for ``findings``.
 
     Args:
@@ -251,7 +301,8 @@ _POS_HYP = {"nodule": "There is a nodule in the {side} lung.",
             "pneumothorax": "There is a {side} pneumothorax.",
             "cardiomegaly": "The heart is enlarged."}
 _NEG_HYP = {"nodule": "There is no lung nodule.", "opacity": "There is no lung opacity.",
-            "effusion": "There is no pleural effusion.", "pneumothorax": "There is no pneumothorax.",
+            "effusion": "There is no pleural effusion.",
+            "pneumothorax": "There is no pneumothorax.",
             "cardiomegaly": "The heart is normal in size."}
 
 
@@ -274,11 +325,11 @@ def entailment_label(findings: Sequence[Finding], negated: Sequence[str], kind: 
     return "contradiction" if any(f.kind == kind for f in findings) else "neutral"
 
 
-def text_pairs(case: Any) -> list[dict[str, Any]]:
+def text_pairs(case: SynthCase) -> list[dict[str, Any]]:
     """Text-classification examples for one case (deterministic per case).
 
     Args:
-        case: A ``SynthCase`` (uses ``findings``, ``report``, ``negated``, ``seed``, ``index``).
+        case: The case (uses its findings, report, negated kinds, seed and index).
 
     Returns:
         Dicts with ``text`` (the report), ``text_pair``, ``label``, ``task`` and
@@ -298,7 +349,8 @@ def text_pairs(case: Any) -> list[dict[str, Any]]:
         hyps.append((_choice(rng, sorted(present)), "", False))
     if negated:
         k = _choice(rng, negated)
-        hyps += [(k, "center" if k == "cardiomegaly" else _choice(rng, SIDES), True), (k, "", False)]
+        side = "center" if k == "cardiomegaly" else _choice(rng, SIDES)
+        hyps += [(k, side, True), (k, "", False)]
     unmentioned = [k for k in FINDING_KINDS if k not in negated]
     pos_neutral = [(f.kind, s) for f in findings if f.kind in _LATERAL for s in SIDES
                    if (f.kind, s) not in {(g.kind, g.side) for g in findings}]

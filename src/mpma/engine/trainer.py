@@ -184,7 +184,8 @@ class Trainer:
         losses = {k: float(v.detach()) for k, v in result.losses.items()}
         losses["loss"] = float(total.detach())
         metrics = {k: float(v) for k, v in result.metrics.items()}
-        return losses, metrics, int(batch["images"].shape[0]) if "images" in batch else 0
+        first = next(v for v in batch.values() if torch.is_tensor(v))
+        return losses, metrics, int(first.shape[0])
 
     def fit(self, batches: Callable[[int], Iterator[dict]], progress: bool = True) -> None:
         """Train until ``optim.steps``.

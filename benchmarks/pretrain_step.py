@@ -1,0 +1,323 @@
+"""Pre-training step benchmark: the MPMA single-pass step against an M3AE-style three-pass step.
+
+Both step kinds run on the SAME model (random weights) and the SAME synthetic batch, interleaved
+repetition by repetition (alternating order) so that load from other processes hits both alike;
+the figures are medians. Per preset it reports s/step, samples/s, the MPMA/M3AE speed ratio, peak
+memory of each step kind measured in its own fresh subprocess, the FLOPs of one step
+(``FlopCounterMode``, forward + backward) and the achieved FLOP/s as a share of the matmul FLOP/s
+measured in this process between repetitions.
+
+    python benchmarks/pretrain_step.py                                   # tiny (B=64) and base (B=2)
+    python benchmarks/pretrain_step.py --presets base --base-overrides vision.image_size=288 text.max_length=64
+    python benchmarks/pretrain_step.py --device cuda --precision bf16 --json runs/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from mpma.config import load_config
+from mpma.data.synthrad import sample_findings
+from mpma.data.synthrad_text import build_report
+from mpma.data.text import mask_tokens, train_tokenizer
+from mpma.models.mpma import MPMAModel
+from mpma.objectives.matching import itm_loss
+from mpma.objectives.reconstruction import mim_loss, mlm_loss
+from mpma.tasks.pretrain import PretrainTask
+
+M3AE_IMAGE_MASK = 0.75  # M3AE's MIM pass hides 75% of the patches (whatever the preset's ratio)
+KINDS = ("mpma", "m3ae")
+aten = torch.ops.aten
+# FlopCounterMode has no formula for the CPU flash-attention kernels that SDPA dispatches to on CPU.
+CPU_SDPA_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny", "base"])
+    p.add_argument("--batch-tiny", type=int, default=64)
+    p.add_argument("--batch-base", type=int, default=None, help="default 2 on CPU, 64 on CUDA")
+    p.add_argument("--tiny-overrides", nargs="*", default=[])
+    p.add_argument("--base-overrides", nargs="*", default=[], help="e.g. vision.image_size=288 text.max_length=64")
+    p.add_argument("--repeats", type=int, default=None, help="measured repetitions (default tiny 10, base 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default tiny 3, base 2)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--m3ae-itm-pairs", choices=["B", "2B"], default="B",
+                   help="B: M3AE's released compute_itm (B pairs, half with a wrong image); 2B: B pos + B neg")
+    p.add_argument("--matmul-size", type=int, default=None, help="default 2048 on CPU, 8192 on CUDA")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-kind memory subprocesses")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MPMA step")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: "KIND:PRESET" memory probe
+    p.add_argument("--tokenizer", help=argparse.SUPPRESS)  # internal: tokenizer folder for probes
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_tokenizer(out_dir: str, n_reports: int = 400):
+    """A WordPiece tokenizer trained on ``n_reports`` synthrad reports (text only, nothing rendered)."""
+    texts = []
+    for i in range(n_reports):
+        rng = np.random.default_rng([0, i])
+        texts.append(build_report(sample_findings(rng), rng)[0])
+    return train_tokenizer(texts, f"{out_dir}/tokenizer", vocab_size=1000)
+
+
+def build(preset: str, args, tokenizer, device: torch.device):
+    """Config, PretrainTask (random weights), batch size and model vocabulary for ``preset``."""
+    config = load_config(preset, getattr(args, f"{preset}_overrides", []))
+    # Model vocabulary: the preset's text.vocab_size (base: RoBERTa's 50265), never smaller than the
+    # tokenizer; the embedding table and MLM projection then have the preset's real size.
+    vocab = max(len(tokenizer), config.text.vocab_size)
+    torch.manual_seed(0)
+    model = MPMAModel(config, vocab_size=vocab, pad_token_id=tokenizer.pad_token_id)
+    task = PretrainTask(model, config, tokenizer.mask_token_id, vocab).to(device).train()
+    default = {"tiny": args.batch_tiny, "base": args.batch_base or (64 if device.type == "cuda" else 2)}
+    return config, task, default.get(preset, config.data.batch_size), vocab
+
+
+def synthetic_batch(config, batch_size: int, tokenizer, vocab: int, device: torch.device) -> dict:
+    """Random normalised images; ``[CLS] random ids [SEP] [PAD]...`` of lengths in [T/2, T] (row 0: T)."""
+    g = torch.Generator().manual_seed(0)
+    size, length = config.vision.image_size, config.text.max_length
+    images = torch.randn(batch_size, config.vision.channels, size, size, generator=g)
+    lengths = torch.randint(length // 2, length + 1, (batch_size,), generator=g)
+    lengths[0] = length
+    pos = torch.arange(length)[None].expand(batch_size, -1)
+    attention = (pos < lengths[:, None]).long()
+    ids = torch.randint(max(tokenizer.all_special_ids) + 1, vocab, (batch_size, length), generator=g)
+    ids[:, 0] = tokenizer.cls_token_id
+    ids[torch.arange(batch_size), lengths - 1] = tokenizer.sep_token_id
+    ids[attention == 0] = tokenizer.pad_token_id
+    special = (pos == 0) | (pos == lengths[:, None] - 1) | (attention == 0)
+    batch = {"images": images, "input_ids": ids, "attention_mask": attention, "special_tokens_mask": special.long(),
+             "word_ids": torch.where(special, -1, pos), "match_key": torch.arange(batch_size)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def mpma_losses(task: PretrainTask, batch: dict, g: torch.Generator) -> dict:
+    """The MPMA step: one pass over the masked pair yields all five losses."""
+    return task(batch, g).losses
+
+
+def m3ae_losses(task: PretrainTask, batch: dict, g: torch.Generator, itm_pairs: str = "B") -> dict:
+    """The M3AE step as M3AE ran it: a masked-text pass, a masked-image pass and an ITM pass.
+
+    Each pass re-runs both encoders and the fusion. ITM ``B`` follows M3AE's compute_itm (B pairs,
+    a random half of them with a wrong image); ``2B`` runs B positives plus B negatives (wrong text).
+    """
+    model, cfg = task.model, task.config
+    images, ids, att = batch["images"], batch["input_ids"], batch["attention_mask"]
+    size, dev = ids.shape[0], ids.device
+    mask_g = g if dev.type == "cpu" else None
+    # (i) masked text + full image -> MLM
+    masked, labels = mask_tokens(ids, batch["special_tokens_mask"], task.mask_token_id, task.vocab_size,
+                                 cfg.text.mask_ratio, None, g)
+    where = labels != -100
+    fused = model.fuse(model.encode_text(masked, att), att, model.encode_image(images).tokens)
+    mlm = mlm_loss(model.mlm_head(fused.text[where]), ids[where])[0]
+    # (ii) 75%-masked image + full text -> MIM
+    vision = model.encode_image(images, M3AE_IMAGE_MASK, mask_g)
+    fused = model.fuse(model.encode_text(ids, att), att, vision.tokens)
+    mim = mim_loss(model.mim_decoder(fused.image, vision.ids_restore), images, vision.mask,
+                   cfg.vision.patch_size, cfg.objectives.norm_pix_loss)
+    # (iii) full image + full text, positives and random in-batch negatives -> ITM
+    own = torch.arange(size)
+    other = (own + int(torch.randint(1, size, (1,), generator=g))) % size  # never the own partner
+    if itm_pairs == "2B":
+        image_idx, text_idx = torch.cat([own, own]), torch.cat([own, other])
+        targets = torch.cat([torch.ones(size), torch.zeros(size)])
+    else:
+        targets = (torch.randperm(size, generator=g) < size // 2).float()
+        image_idx, text_idx = torch.where(targets > 0, own, other), own
+    image_idx, text_idx = image_idx.to(dev), text_idx.to(dev)
+    fused = model.fuse(model.encode_text(ids[text_idx], att[text_idx]), att[text_idx],
+                       model.encode_image(images[image_idx]).tokens)
+    itm = itm_loss(model.itm_logits(fused.pooled), targets.long().to(dev))[0]
+    return {"mlm": mlm, "mim": mim, "itm": itm}
+
+
+def make_steps(task: PretrainTask, batch: dict, args) -> dict:
+    """One optimizer step per kind: zero_grad, forward (autocast) + summed losses, backward, clip, AdamW."""
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    device = batch["images"].device
+    gens = {kind: torch.Generator().manual_seed(i) for i, kind in enumerate(KINDS)}
+    fns = {"mpma": mpma_losses, "m3ae": lambda t, b, g: m3ae_losses(t, b, g, args.m3ae_itm_pairs)}
+
+    def step(kind: str) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = sum(fns[kind](task, batch, gens[kind]).values())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        optimizer.step()
+
+    return {kind: (lambda kind=kind: step(kind)) for kind in KINDS}
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, calls: int = 3) -> float:
+    """FLOP/s of ``calls`` square ``size`` matmuls (after one untimed call)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    a @ b
+    return 2 * size**3 * calls / timed(lambda: [a @ b for _ in range(calls)], device)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; forward and backward)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: CUDA max_memory_allocated, or this process's peak RSS (VmHWM; ru_maxrss as fallback)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    try:
+        with open("/proc/self/status") as status:
+            return int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def memory_probe(args, device: torch.device) -> None:
+    """Subprocess entry: build ``PRESET``, run two ``KIND`` steps, print the peak memory as JSON."""
+    kind, preset = args.probe.split(":")
+    from mpma.data.text import load_tokenizer
+    tokenizer = load_tokenizer(args.tokenizer)
+    config, task, batch_size, vocab = build(preset, args, tokenizer, device)
+    step = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)[kind]
+    before = peak_memory(device)
+    for _ in range(2):
+        step()
+    print("PROBE " + json.dumps({"before": before, "peak": peak_memory(device)}))
+
+
+def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dict:
+    """Run :func:`memory_probe` in a fresh interpreter (its peak is its own, not this process's)."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--probe", f"{kind}:{preset}", "--tokenizer", tokenizer_dir]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("PROBE ")]
+    if done.returncode or not lines:
+        print(f"memory probe {kind}:{preset} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    return json.loads(lines[-1][6:])
+
+
+def benchmark_preset(preset: str, args, tokenizer, device: torch.device, peaks: dict) -> list[dict]:
+    """Interleaved timing of both step kinds; returns one row per kind."""
+    config, task, batch_size, vocab = build(preset, args, tokenizer, device)
+    steps = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)
+    warmup = args.warmup if args.warmup is not None else (3 if preset == "tiny" else 2)
+    repeats = args.repeats if args.repeats is not None else (10 if preset == "tiny" else 3)
+    flops = {kind: count_flops(steps[kind]) for kind in KINDS}  # also serves as the first warm-up
+    times = {kind: [] for kind in KINDS}
+    for rep in range(max(0, warmup - 1) + repeats):
+        for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:
+            seconds = timed(steps[kind], device)
+            if rep >= warmup - 1:
+                times[kind].append(seconds)
+        peaks["matmul"].append(matmul_flops(device, peaks["dtype"], peaks["size"]))
+    if args.profile and preset == args.presets[0]:
+        from torch.profiler import profile
+        with profile() as prof:
+            steps["mpma"]()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    params = sum(p.numel() for p in task.parameters())
+    rows = []
+    for kind in KINDS:
+        seconds = statistics.median(times[kind])
+        rows.append({"preset": preset, "batch": batch_size, "kind": kind, "s_per_step": seconds,
+                     "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
+                     "flop_per_s": flops[kind] / seconds, "times": times[kind], "parameters": params,
+                     "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
+                     "peak_memory": peaks.get((kind, preset), {}).get("peak"),
+                     "memory_before_steps": peaks.get((kind, preset), {}).get("before")})
+    return rows
+
+
+def print_table(rows: list[dict], matmul: float, dtype: torch.dtype) -> None:
+    header = f"{'preset':<7}{'batch':>6} {'step':<6}{'s/step':>9}{'samples/s':>11}{'peak mem':>11}" \
+             f"{'GFLOP/step':>12}{'GFLOP/s':>10}{'% matmul':>10}"
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        mem = f"{r['peak_memory'] / 2**30:.2f} GiB" if r["peak_memory"] else "n/a"
+        print(f"{r['preset']:<7}{r['batch']:>6} {r['kind']:<6}{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}"
+              f"{mem:>11}{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>10.1f}"
+              f"{100 * r['flop_per_s'] / matmul:>9.1f}%")
+    for mpma, m3ae in zip(rows[::2], rows[1::2]):
+        memory = (f", memory MPMA/M3AE {mpma['peak_memory'] / m3ae['peak_memory']:.2f}"
+                  if mpma["peak_memory"] and m3ae["peak_memory"] else "")
+        print(f"{mpma['preset']}: speed MPMA/M3AE {m3ae['s_per_step'] / mpma['s_per_step']:.2f}x{memory}")
+    print(f"matmul reference ({str(dtype).split('.')[-1]}): {matmul / 1e9:.1f} GFLOP/s (median)")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if args.probe:
+        return memory_probe(args, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tokenizer(tmp)
+        # Probes first, while this process is small (a child's ru_maxrss starts at its parent's).
+        peaks = {} if args.no_memory else {(k, p): probe_in_subprocess(args, k, p, f"{tmp}/tokenizer")
+                                           for p in args.presets for k in KINDS}
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+        peaks.update(matmul=[matmul_flops(device, dtype, size)], dtype=dtype, size=size)
+        rows = [row for p in args.presets for row in benchmark_preset(p, args, tokenizer, device, peaks)]
+    matmul = statistics.median(peaks["matmul"])
+    fp32 = matmul if dtype == torch.float32 else matmul_flops(device, torch.float32, size)
+    print(f"\ndevice {device}, precision {args.precision}, threads {torch.get_num_threads()}, "
+          f"M3AE ITM pairs {args.m3ae_itm_pairs}; memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+          else "peak RSS (VmHWM) of a fresh subprocess per step kind: build + 2 steps"))
+    print_table(rows, matmul, dtype)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"device": str(device), "precision": args.precision, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "m3ae_itm_pairs": args.m3ae_itm_pairs,
+                       "matmul_flop_per_s": matmul, "matmul_fp32_flop_per_s": fp32, "matmul_size": size,
+                       "overrides": {"tiny": args.tiny_overrides, "base": args.base_overrides}, "rows": rows},
+                      out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

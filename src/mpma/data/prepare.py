@@ -1,0 +1,341 @@
+"""``mpma data prepare``: original release → validated manifest, reject report and (optional) shards.
+
+Output folder::
+
+    manifest.jsonl     kept records (image paths relative to this folder when the release and
+                       this folder share a parent below the filesystem root, else absolute)
+    rejects.jsonl      one {"id", "source", "reason", "detail"} per left-out record
+    prepare.json       dataset, options, counts per split / reject reason / exclusion reason
+    shards/            with --pack: index.json + <split>-NNNNN.tar (see mpma.data.shards)
+    .cache/images.jsonl  per-image check results, so a rerun (e.g. after a kill) does not decode
+                       again what it already checked; delete it or pass fresh=True to recheck
+
+A rerun into the same folder rewrites the manifest from scratch (no duplicated records), reuses
+the image cache and, with ``--pack``, keeps the complete shards of the interrupted run (same
+dataset, options and image size) and packs only the records not in them. A run without
+``--pack`` removes the ``shards/`` of an earlier packed run (they would no longer match).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpma.data.adapters import LayoutError, make_adapter
+from mpma.data.records import record_to_dict, write_manifest
+from mpma.data.shards import INDEX, ShardInfo, ShardWriter, open_pairs, shard_records, write_index
+from mpma.data.validate import ImageCheck, Reject, check_images, record_problem
+
+__all__ = ["PrepareError", "PrepareResult", "prepare", "open_pairs"]
+STATE = ".state.json"
+
+
+class PrepareError(RuntimeError):
+    """A prepare run cannot complete (``--strict`` with rejects, conflicting output folder)."""
+
+
+@dataclass
+class PrepareResult:
+    """What a prepare run produced; :meth:`summary` formats it for the terminal."""
+
+    dataset: str
+    kind: str
+    out: Path
+    total: int = 0
+    kept: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
+    splits: Counter[str] = field(default_factory=Counter)
+    decoded: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.dataset}: {self.total:,} entries read -> kept {self.kept:,}, rejected "
+                 f"{sum(self.rejected.values()):,}, excluded by option {sum(self.excluded.values()):,}"]
+        lines += [f"  rejected  {n:>9,}  {reason}" for reason, n in self.rejected.most_common()]
+        lines += [f"  excluded  {n:>9,}  {reason}" for reason, n in self.excluded.most_common()]
+        lines.append("  kept per split: " + (", ".join(f"{s} {n:,}" for s, n in sorted(
+            self.splits.items())) or "none"))
+        lines.append(f"  manifest: {self.out / 'manifest.jsonl'}")
+        lines.append(f"  rejects:  {self.out / 'rejects.jsonl'}")
+        if self.shards:
+            size = sum(s.bytes for s in self.shards) / 2 ** 20
+            lines.append(f"  shards:   {self.out / 'shards'} ({len(self.shards)} files, {size:.1f} MiB)")
+        return "\n".join(lines)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _relative(image: str, out: Path) -> str:
+    """``image`` relative to ``out`` when they share a folder below the filesystem root."""
+    try:
+        common = Path(os.path.commonpath([image, out]))
+    except ValueError:  # another drive on Windows
+        return image
+    return image if common == Path(common.anchor) else os.path.relpath(image, out)
+
+
+class _ImageCache:
+    """Per-image check results of earlier runs, valid while the file's size and mtime match."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path, self.entries = path, {}
+        if fresh:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["path"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut by a kill
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8")
+
+    def get(self, path: str) -> ImageCheck | None:
+        entry = self.entries.get(path)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        if entry is None or [entry["size"], entry["mtime_ns"]] != [stat.st_size, stat.st_mtime_ns]:
+            return None
+        return ImageCheck(path, entry["ok"], entry["reason"], entry["detail"])
+
+    def put(self, check: ImageCheck) -> None:
+        try:
+            stat = os.stat(check.path)
+        except OSError:
+            return
+        self.handle.write(json.dumps({"path": check.path, "size": stat.st_size,
+                                      "mtime_ns": stat.st_mtime_ns, "ok": check.ok,
+                                      "reason": check.reason, "detail": check.detail}) + "\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _resume_shards(folder: Path, state: dict[str, Any], candidate_ids: set[str]) -> dict[str, str]:
+    """Ids already in complete shards of a compatible earlier run (``{id: shard file}``).
+
+    Incompatible or stale shards (other options, or ids no longer produced) are deleted.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob("*.tar.tmp"):
+        tmp.unlink()
+    packed: dict[str, str] = {}
+    old = folder / STATE
+    if old.is_file() and json.loads(old.read_text(encoding="utf-8")) == state:
+        for shard in sorted(folder.glob("*.tar")):
+            packed.update({r["id"]: shard.name for r in shard_records(shard)})
+        if set(packed) <= candidate_ids:
+            return packed
+    for stale in [*folder.glob("*.tar"), folder / INDEX]:
+        stale.unlink(missing_ok=True)
+    (folder / STATE).write_text(json.dumps(state), encoding="utf-8")
+    return {}
+
+
+def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            options: dict[str, Any] | None = None, pack: bool = False, image_size: int = 256,
+            strict: bool = False, workers: int | None = None, progress: bool = True,
+            shard_mb: float = 64.0, quality: int = 90, fresh: bool = False) -> PrepareResult:
+    """Turn an original release into a validated manifest (+ rejects, + optional shards).
+
+    Args:
+        dataset: Adapter name (``mpma.data.adapters.ADAPTERS``).
+        src: The release folder as downloaded.
+        out: Output folder (created).
+        options: Adapter options (``{"uncertain": "zeros"}``); strings are converted.
+        pack: Also write shards of images resized to ``image_size`` (shorter side).
+        image_size: Shorter side of packed images (they are never upscaled).
+        strict: Raise :class:`PrepareError` if any record is rejected (no manifest is written).
+        workers: Decoding processes (default: all usable CPUs).
+        progress: Show progress bars on stderr.
+        shard_mb: Size bound of a shard in MiB.
+        quality: JPEG quality of packed images.
+        fresh: Ignore the image cache and earlier shards of this output folder.
+
+    Returns:
+        Counts and paths of the run.
+
+    Raises:
+        LayoutError: ``src`` missing or not the expected release (message shows the layout).
+        ValueError: Unknown dataset or option.
+        PrepareError: ``strict`` with rejects; ``out`` holds another dataset; ``pack`` of a
+            record without image.
+    """
+    from tqdm import tqdm
+
+    adapter = make_adapter(dataset, options)
+    src, out = Path(src).expanduser().absolute(), Path(out).expanduser().absolute()
+    if not src.is_dir():
+        raise LayoutError(f"--src {src} does not exist or is not a folder; expected the "
+                          f"{dataset} release laid out as:\n{adapter.layout}")
+    adapter.check(src)
+    info_path = out / "prepare.json"
+    if info_path.is_file():
+        previous = json.loads(info_path.read_text(encoding="utf-8")).get("dataset")
+        if previous != dataset:
+            raise PrepareError(f"{out} holds a prepared {previous!r}, not {dataset!r}; choose "
+                               "another --out or delete that folder")
+    out.mkdir(parents=True, exist_ok=True)
+    result = PrepareResult(dataset, adapter.kind, out)
+    rejects: list[Reject] = []
+    candidates: list[tuple[Any, str]] = []
+    seen: dict[str, str] = {}
+    for item in tqdm(adapter.items(src), desc=f"reading {dataset}", unit="rec",
+                     disable=not progress, dynamic_ncols=True):
+        result.total += 1
+        if item.excluded:
+            result.excluded[item.reason or "excluded"] += 1
+        elif item.record is None:
+            rejects.append(Reject(item.id, item.source, item.reason or "invalid", item.detail))
+        elif item.id in seen:
+            rejects.append(Reject(item.id, item.source, "duplicate id", f"first at {seen[item.id]}"))
+        elif problem := record_problem(item.record, adapter.label_set()):
+            rejects.append(Reject(item.id, item.source, *problem))
+        else:
+            seen[item.id] = item.source
+            candidates.append((item.record, item.source))
+    if pack and any(getattr(r, "image", None) is None for r, _ in candidates):
+        raise PrepareError("--pack needs an image for every record; this dataset has text-only ones")
+    if strict and rejects:
+        _fail_strict(out, rejects, len(candidates))
+
+    users: dict[str, list[int]] = {}
+    for index, (record, _) in enumerate(candidates):
+        if getattr(record, "image", None):
+            users.setdefault(record.image, []).append(index)
+    checks: dict[str, ImageCheck] = {p: ImageCheck(p, False, "image missing", f"{p} not found")
+                                     for p in users if not os.path.isfile(p)}
+    if strict and checks:
+        _fail_strict(out, rejects + _image_rejects(candidates, users, checks), len(candidates))
+    cache = _ImageCache(out / ".cache" / "images.jsonl", fresh)
+    writers: dict[str, ShardWriter] = {}
+    packed: dict[str, str] = {}
+    if pack:
+        state = {"dataset": dataset, "options": dataclasses.asdict(adapter),
+                 "image_size": image_size, "quality": quality, "version": 1}
+        if fresh:
+            shutil.rmtree(out / "shards", ignore_errors=True)
+        packed = _resume_shards(out / "shards", state, set(seen))
+    elif (out / "shards").is_dir():  # shards of an earlier --pack run would not match
+        shutil.rmtree(out / "shards")
+    todo = []
+    for path, indices in users.items():
+        if path in checks:
+            continue
+        cached = cache.get(path)
+        if cached is not None and (not cached.ok or not pack or all(
+                candidates[i][0].id in packed for i in indices)):
+            checks[path] = cached
+        else:
+            todo.append(path)
+    stream = check_images(todo, pack_size=image_size if pack else None, quality=quality,
+                          workers=workers, progress=progress, desc="decoding images")
+    try:
+        for check in stream:
+            result.decoded += 1
+            cache.put(check)
+            checks[check.path] = dataclasses.replace(check, data=None)
+            if strict and not check.ok:
+                _fail_strict(out, rejects + _image_rejects(candidates, users, checks),
+                             len(candidates))
+            if check.ok and pack:
+                assert check.data is not None
+                for i in users[check.path]:
+                    record = candidates[i][0]
+                    if record.id in packed:
+                        continue
+                    if record.split not in writers:
+                        writers[record.split] = _writer(out / "shards", record.split, shard_mb)
+                    packed[record.id] = "new"
+                    row = record_to_dict(record)
+                    row["image"] = _relative(record.image, out)
+                    writers[record.split].add(row, check.data)
+    finally:
+        stream.close()
+        cache.close()
+        for writer in writers.values():
+            writer.close()
+    return _finish(result, adapter, src, out, options, pack, image_size, candidates, users,
+                   checks, rejects, packed)
+
+
+def _writer(folder: Path, split: str, shard_mb: float) -> ShardWriter:
+    numbers = [int(p.name[len(split) + 1:-4]) for p in folder.glob(f"{split}-*.tar")
+               if p.name[len(split) + 1:-4].isdigit()]
+    return ShardWriter(folder, split, int(shard_mb * 2 ** 20), max(numbers, default=-1) + 1)
+
+
+def _image_rejects(candidates: list, users: dict[str, list[int]],
+                   checks: dict[str, ImageCheck]) -> list[Reject]:
+    out = []
+    for path, check in checks.items():
+        if not check.ok:
+            out += [Reject(candidates[i][0].id, candidates[i][1], check.reason, check.detail)
+                    for i in users[path]]
+    return out
+
+
+def _fail_strict(out: Path, rejects: list[Reject], candidates: int) -> None:
+    _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
+    counts = Counter(r.reason for r in rejects)
+    raise PrepareError(
+        f"--strict: {len(rejects):,} record(s) rejected ("
+        + ", ".join(f"{reason}: {n:,}" for reason, n in counts.most_common())
+        + f"); see {out / 'rejects.jsonl'}. No manifest was written; fix the release or run "
+        f"without --strict to keep the valid records (up to {candidates - len(rejects):,}).")
+
+
+def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: Any, pack: bool,
+            image_size: int, candidates: list, users: dict[str, list[int]],
+            checks: dict[str, ImageCheck], rejects: list[Reject],
+            packed: dict[str, str]) -> PrepareResult:
+    rejects = rejects + _image_rejects(candidates, users, checks)
+    bad = {i for path, check in checks.items() if not check.ok for i in users[path]}
+    kept = []
+    for index, (record, _) in enumerate(candidates):
+        if index in bad:
+            continue
+        if getattr(record, "image", None):
+            record = dataclasses.replace(record, image=_relative(record.image, out))
+        kept.append(record)
+        result.splits[record.split] += 1
+    result.kept = len(kept)
+    result.rejected = Counter(r.reason for r in rejects)
+    write_manifest(out / "manifest.jsonl", kept)
+    _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
+    if pack:
+        folder = out / "shards"
+        shards, ids = [], []
+        for path in sorted(folder.glob("*.tar")):
+            rows = [r["id"] for r in shard_records(path)]
+            ids += rows
+            shards.append(ShardInfo(path.name, path.name.rsplit("-", 1)[0], len(rows),
+                                    path.stat().st_size))
+        if len(ids) != len(set(ids)) or set(ids) != {r.id for r in kept}:
+            raise PrepareError(f"{folder}: shards do not hold each kept record exactly once; "
+                               "rerun with --fresh")
+        write_index(folder, shards, kind=result.kind, dataset=result.dataset, image_size=image_size)
+        result.shards = shards
+    info = {"dataset": result.dataset, "kind": result.kind, "src": str(src),
+            "options": dataclasses.asdict(adapter), "user_options": dict(options or {}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "total": result.total,
+            "kept": result.kept, "splits": dict(result.splits), "rejected": dict(result.rejected),
+            "excluded": dict(result.excluded), "packed": pack,
+            "image_size": image_size if pack else None}
+    _write_lines(out / "prepare.json", [json.dumps(info, indent=1)])
+    return result

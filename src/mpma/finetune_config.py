@@ -1,0 +1,63 @@
+"""Typed configuration of a downstream fine-tuning / evaluation run (``mpma finetune``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpma.config import OptimConfig, RunConfig
+
+TASKS = ("vqa", "mm_cls", "retrieval", "img_cls", "txt_cls", "zero_shot_cls")
+
+
+@dataclass
+class TaskDataConfig:
+    """Downstream data: synthrad (default), ``vqa-rad:PATH`` or a manifest."""
+
+    dataset: str = "synthrad"
+    train_size: int = 2000  # synthrad cases per split (disjoint from the pre-training cases)
+    val_size: int = 300
+    test_size: int = 600
+    val_fraction: float = 0.1  # held out of train (seeded) when the dataset has no validation split
+    fraction: float = 1.0  # label fraction of the training set (seeded, label-stratified)
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class HeadConfig:
+    """Task-head settings."""
+
+    vqa_loss: str = "bce"  # "bce" (soft-score, as M3AE) or "ce"
+    answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
+    hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width
+    image_mode: str = "finetune"  # img_cls: "finetune" the vision encoder or "linear_probe"
+    retrieval_itm: bool = False  # retrieval fine-tune: add the ITM loss (needs an ITM head)
+    rerank_k: int = 0  # retrieval evaluation: re-rank the top-k by ITM (0 = off)
+    prompt: str = "a chest radiograph showing {label}"  # zero_shot_cls template
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run: task, initialisation, head, data, optimisation and run settings.
+
+    ``init`` is "scratch" (a fresh model shaped like ``preset``) or a pre-training run folder /
+    checkpoint folder whose config and tokenizer are used.
+    """
+
+    task: str = "vqa"
+    init: str = "scratch"
+    preset: str = "tiny"
+    epochs: int = 10
+    warmup_fraction: float = 0.1
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: TaskDataConfig = field(default_factory=TaskDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, head_lr_mult=3.0, weight_decay=0.01,
+                                                                   steps=0, warmup_steps=0, beta2=0.999))
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10, checkpoint_every=10**9))
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)

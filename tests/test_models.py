@@ -1,0 +1,200 @@
+"""Model shapes on the tiny preset, ViT position-embedding interpolation and optional parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpma.config import VisionConfig, load_config
+from mpma.models.mpma import MPMAModel
+from mpma.models.vision import VisionTransformer, patchify, resize_position_embedding, unpatchify
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    config = load_config("tiny")
+    return MPMAModel(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(make_batch):
+    return make_batch(n=3, image_size=64)
+
+
+def test_tiny_preset_shapes_of_every_module(tiny_model: MPMAModel, tiny_batch: dict, tokenizer) -> None:
+    config = tiny_model.config
+    b, t = tiny_batch["input_ids"].shape
+    n = (config.vision.image_size // config.vision.patch_size) ** 2  # 64 patches
+    k = round(n * (1 - config.vision.mask_ratio))
+    dv, dt, df, a = config.vision.width, config.text.width, config.fusion.width, config.objectives.align_dim
+    pixels = config.vision.patch_size**2 * config.vision.channels
+    images = tiny_batch["images"]
+    assert images.shape == (b, 3, 64, 64)
+
+    full = tiny_model.encode_image(images)
+    assert full.tokens.shape == (b, 1 + n, dv)
+    assert full.ids_keep is None and full.mask is None and full.ids_restore is None and full.grid == 8
+
+    masked = tiny_model.encode_image(images, mask_ratio=config.vision.mask_ratio)
+    assert masked.tokens.shape == (b, 1 + k, dv)
+    assert masked.ids_keep.shape == (b, k) and masked.mask.shape == (b, n) and masked.ids_restore.shape == (b, n)
+
+    text = tiny_model.encode_text(tiny_batch["input_ids"], tiny_batch["attention_mask"])
+    assert text.shape == (b, t, dt)
+
+    fused = tiny_model.fuse(text, tiny_batch["attention_mask"], masked.tokens, return_attention=True)
+    assert fused.text.shape == (b, t, df)
+    assert fused.image.shape == (b, 1 + k, df)
+    assert fused.pooled.shape == (b, 2 * df)
+    assert fused.attention.shape == (b, t, 1 + k)
+    # head-averaged attention rows are distributions over the image tokens (memory read-out folded in)
+    rows = fused.attention.sum(-1)
+    assert torch.all(rows > 0.99) and torch.all(rows < 2.01)
+
+    assert tiny_model.itm_logits(fused.pooled).shape == (b, 2)
+
+    positions = torch.zeros(b, t, dtype=torch.bool)
+    positions[:, 1] = True
+    positions[0, 2] = True
+    out = tiny_model(images, tiny_batch["input_ids"], tiny_batch["attention_mask"], mlm_positions=positions)
+    assert out.vision.tokens.shape == (b, 1 + k, dv)
+    assert out.text.shape == (b, t, dt)
+    assert out.mlm_logits.shape == (b + 1, len(tokenizer))
+    assert out.mim_pred.shape == (b, n, pixels)
+    assert out.image_embed.shape == (b, a) and out.text_embed.shape == (b, a)
+    assert out.image_local.shape == (b, k, a) and out.text_local.shape == (b, t, a)
+    for embedding in (out.image_embed, out.text_embed):
+        torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(b))
+    for local in (out.image_local, out.text_local):
+        torch.testing.assert_close(local.norm(dim=-1), torch.ones(local.shape[:2]))
+
+    assert tiny_model.embed_image(images).shape == (b, a)
+    assert tiny_model.embed_text(tiny_batch["input_ids"], tiny_batch["attention_mask"]).shape == (b, a)
+
+
+def test_unmasked_forward_has_no_mim_prediction(tiny_model: MPMAModel, tiny_batch: dict) -> None:
+    out = tiny_model(tiny_batch["images"], tiny_batch["input_ids"], tiny_batch["attention_mask"], mask_ratio=0.0)
+    assert out.vision.tokens.shape[1] == 1 + 64
+    assert out.mim_pred is None and out.mlm_logits is None
+
+
+def test_patchify_round_trip() -> None:
+    images = torch.randn(2, 3, 32, 32)
+    patches = patchify(images, 8)
+    assert patches.shape == (2, 16, 8 * 8 * 3)
+    # patch 1 is row 0, column 1 of the grid; pixels ordered (row, col, channel)
+    torch.testing.assert_close(patches[0, 1].view(8, 8, 3), images[0, :, 0:8, 8:16].permute(1, 2, 0))
+    torch.testing.assert_close(unpatchify(patches, 8), images)
+
+
+# ------------------------------------------------------------------ position interpolation
+
+
+def _vit(image_size: int = 32, patch_size: int = 8) -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(VisionConfig(image_size=image_size, patch_size=patch_size, width=32, depth=1, heads=2)).eval()
+
+
+def test_vit_runs_at_another_image_size() -> None:
+    vit = _vit()
+    for size, grid in [(48, 6), (16, 2)]:
+        out = vit(torch.randn(2, 3, size, size))
+        assert out.tokens.shape == (2, 1 + grid * grid, 32) and out.grid == grid
+        assert torch.isfinite(out.tokens).all()
+    masked = vit(torch.randn(2, 3, 48, 48), mask_ratio=0.75)
+    assert masked.tokens.shape == (2, 1 + 9, 32) and masked.mask.shape == (2, 36)
+
+
+def test_interpolating_to_the_same_grid_is_identity() -> None:
+    pos = torch.randn(1, 1 + 16, 8)
+    assert torch.equal(resize_position_embedding(pos, 4), pos)
+    vit = _vit()
+    assert torch.equal(vit.position_embedding(4), vit.pos_embed)
+
+
+def test_interpolation_keeps_constants_and_cls() -> None:
+    pos = torch.randn(1, 1 + 16, 8)
+    pos[:, 1:] = 0.37
+    for grid in (2, 3, 6, 9):
+        resized = resize_position_embedding(pos, grid)
+        assert resized.shape == (1, 1 + grid * grid, 8)
+        torch.testing.assert_close(resized[:, 0], pos[:, 0])  # CLS position untouched
+        torch.testing.assert_close(resized[:, 1:], torch.full((1, grid * grid, 8), 0.37))
+
+
+def test_interpolation_follows_the_grid_layout() -> None:
+    # an embedding that grows along the columns keeps growing along the columns, not the rows
+    grid = 4
+    ramp = torch.arange(grid, dtype=torch.float32).repeat(grid)  # value = column index
+    pos = torch.cat([torch.zeros(1, 1, 1), ramp.view(1, grid * grid, 1)], dim=1)
+    resized = resize_position_embedding(pos, 8)[0, 1:, 0].view(8, 8)
+    assert torch.all(resized[:, 1:] >= resized[:, :-1] - 1e-5)  # increasing along columns
+    torch.testing.assert_close(resized, resized[:1].expand(8, 8))  # constant down the rows
+
+
+def test_full_model_runs_at_another_image_size(micro_config, build_task, make_batch) -> None:
+    task = build_task(micro_config())
+    batch = make_batch(n=2, image_size=48)
+    out = task.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+    assert out.mim_pred.shape == (2, 36, 8 * 8 * 3)  # decoder positions are interpolated too
+
+
+# ------------------------------------------------------------------ optional parts
+
+
+def test_memory_slots_and_layers(micro_config, tokenizer) -> None:
+    def build(*overrides):
+        return MPMAModel(micro_config(*overrides), len(tokenizer), tokenizer.pad_token_id)
+
+    with_memory = build("fusion.depth=2")
+    assert all(layer.memory.memory.shape == (1, 4, 32) for layer in with_memory.fusion.layers)
+    assert all(layer.text_stream.gate is not None for layer in with_memory.fusion.layers)
+
+    plain = build("fusion.depth=2", "fusion.memory_slots=0")
+    assert not [n for n, _ in plain.named_parameters() if "memory" in n or ".gate." in n]
+    assert all(layer.memory is None and layer.text_stream.gate is None for layer in plain.fusion.layers)
+    n_with = sum(p.numel() for p in with_memory.parameters())
+    n_plain = sum(p.numel() for p in plain.parameters())
+    assert n_with > n_plain
+
+    first_only = build("fusion.depth=2", "fusion.memory_layers=[0]")
+    assert first_only.fusion.layers[0].memory is not None and first_only.fusion.layers[1].memory is None
+
+    with pytest.raises(ValueError, match="memory_layers"):
+        build("fusion.depth=2", "fusion.memory_layers=[2]")
+
+
+def test_zero_weight_heads_are_not_built(micro_config, tokenizer) -> None:
+    def build(*overrides):
+        return MPMAModel(micro_config(*overrides), len(tokenizer), tokenizer.pad_token_id)
+
+    full = build()
+    assert full.mlm_head is not None and full.mim_decoder is not None and full.itm_head is not None
+    assert full.align is not None and full.align.local_image is not None
+    assert build("objectives.mlm=0").mlm_head is None
+    assert build("objectives.mim=0").mim_decoder is None
+    assert build("objectives.itm=0").itm_head is None
+    no_local = build("objectives.local_align=0")
+    assert no_local.align is not None and no_local.align.local_image is None and no_local.align.local_text is None
+    assert build("objectives.global_align=0", "objectives.local_align=0").align is None
+
+
+def test_m3ae_preset_has_no_alignment_and_no_memory(tokenizer) -> None:
+    model = MPMAModel(load_config("tiny_m3ae"), len(tokenizer), tokenizer.pad_token_id)
+    assert model.align is None
+    assert all(layer.memory is None for layer in model.fusion.layers)
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if n.startswith("align.") or "memory" in n]
+    assert model.mlm_head is not None and model.mim_decoder is not None and model.itm_head is not None
+
+
+def test_head_and_no_decay_parameter_names(micro_config, tokenizer) -> None:
+    model = MPMAModel(micro_config(), len(tokenizer), tokenizer.pad_token_id)
+    heads = model.head_parameter_names()
+    names = {n for n, _ in model.named_parameters()}
+    assert {n for n in names if n.startswith(("fusion.", "mlm_head.", "mim_decoder.", "itm_head.", "align."))} == heads
+    assert not {n for n in heads if n.startswith(("vision.", "text."))}
+    no_decay = model.no_weight_decay()
+    assert {"vision.pos_embed", "vision.cls_token", "mim_decoder.mask_token", "align.log_inv_temperature"} <= no_decay
+    assert "fusion.layers.0.memory.memory" in no_decay
