@@ -81,6 +81,18 @@ def test_masked_pixels_do_not_change_the_encoder_output_explicit_ids() -> None:
     assert torch.equal(restored >= 0, first.mask == 0)
 
 
+def test_visible_patches_keep_their_own_positions() -> None:
+    """Encoding every patch in a shuffled order permutes the unmasked output: positions follow patches."""
+    vit = _vit()
+    images = torch.randn(2, 3, 32, 32)
+    full = vit(images).tokens
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(s)) for s in range(2)])
+    shuffled = vit(images, ids_keep=order).tokens
+    torch.testing.assert_close(shuffled[:, 0], full[:, 0], rtol=0, atol=1e-5)  # CLS
+    torch.testing.assert_close(shuffled[:, 1:], torch.gather(full[:, 1:], 1, order[..., None].expand(-1, -1, 32)),
+                               rtol=0, atol=1e-5)
+
+
 def test_masked_pixels_do_not_change_the_encoder_output_seeded() -> None:
     vit = _vit()
     images = torch.randn(4, 3, 32, 32)

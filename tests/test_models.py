@@ -198,3 +198,24 @@ def test_head_and_no_decay_parameter_names(micro_config, tokenizer) -> None:
     no_decay = model.no_weight_decay()
     assert {"vision.pos_embed", "vision.cls_token", "mim_decoder.mask_token", "align.log_inv_temperature"} <= no_decay
     assert "fusion.layers.0.memory.memory" in no_decay
+
+
+def test_mim_decoder_puts_visible_tokens_back_at_their_grid_positions() -> None:
+    """Without decoder blocks nothing mixes, so changing the k-th visible token may only change the
+    prediction at its own grid position ids_keep[k]."""
+    from mpma.config import DecoderConfig
+    from mpma.models.heads import MIMDecoder
+    from mpma.models.vision import random_masking
+
+    torch.manual_seed(0)
+    decoder = MIMDecoder(DecoderConfig(width=16, depth=0, heads=2), in_width=8, n_patches=16, patch_pixels=12)
+    ids_keep, mask, ids_restore = random_masking(2, 16, 0.75, torch.device("cpu"), torch.Generator().manual_seed(1))
+    tokens = torch.randn(2, 1 + 4, 8)
+    base = decoder(tokens, ids_restore)
+    assert base.shape == (2, 16, 12)
+    for k in range(4):
+        changed = tokens.clone()
+        changed[:, 1 + k] += 1.0
+        moved = (decoder(changed, ids_restore) - base).abs().sum(-1) > 1e-6  # (2, 16)
+        for row in range(2):
+            assert moved[row].nonzero().flatten().tolist() == [ids_keep[row, k].item()]

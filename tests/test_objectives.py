@@ -26,6 +26,8 @@ def batch(make_batch):
 
 
 def _losses(task, batch, seed: int = 0):
+    """One pass with the masks, negatives and (text-encoder) dropout fixed by ``seed``, as the trainer does."""
+    torch.manual_seed(seed)
     return task(batch, torch.Generator().manual_seed(seed))
 
 
@@ -63,8 +65,8 @@ def test_one_pass_is_reproducible_with_a_generator(micro_config, build_task, bat
     assert any(a.losses[name].item() != c.losses[name].item() for name in ("mlm", "mim"))
 
 
-def _overfit(task, batch, steps: int, lr: float = 3e-3) -> list[dict[str, float]]:
-    """Train on one batch with the same masks every step (same generator seed)."""
+def _overfit(task, batch, steps: int, lr: float) -> list[dict[str, float]]:
+    """Train on one batch with the same masks and negatives every step, clipping like the trainer."""
     optimizer = torch.optim.AdamW(task.parameters(), lr=lr, weight_decay=0.0)
     history = []
     for _ in range(steps):
@@ -72,29 +74,33 @@ def _overfit(task, batch, steps: int, lr: float = 3e-3) -> list[dict[str, float]
         total = sum(task.loss_weights[k] * v for k, v in result.losses.items())
         optimizer.zero_grad()
         total.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
         optimizer.step()
         history.append({k: v.item() for k, v in result.losses.items()})
     return history
 
 
+def _mean(history: list[dict[str, float]], name: str) -> float:
+    return sum(h[name] for h in history) / len(history)
+
+
 def test_overfitting_one_batch_drives_every_loss_down(micro_config, build_task, batch) -> None:
     task = build_task(micro_config("objectives.local_align=1.0"))
-    history = _overfit(task, batch, steps=60)
-    first, last = history[0], history[-1]
+    history = _overfit(task, batch, steps=60, lr=3e-3)
+    first = history[0]
     assert set(first) == ALL_TERMS
-    for name in ("mlm", "mim", "global_align", "local_align"):
-        assert last[name] < 0.5 * first[name], (name, first[name], last[name])
-    # ITM's hard negatives move with the alignment embeddings, so it is noisier: compare windows
-    assert min(h["itm"] for h in history[-10:]) < first["itm"] - 0.1
+    for name in sorted(ALL_TERMS):
+        assert _mean(history[-5:], name) < 0.5 * first[name], (name, first[name], history[-5:])
 
 
-def test_overfitting_drives_itm_down_on_its_own(micro_config, build_task, batch) -> None:
+def test_overfitting_drives_itm_down_with_fixed_negatives(micro_config, build_task, batch) -> None:
+    # M3AE-style: without GLA the negatives are drawn uniformly, so only the ITM head and fusion learn
     task = build_task(micro_config(
         "objectives.mlm=0", "objectives.mim=0", "objectives.global_align=0", "objectives.local_align=0"))
     assert set(task.loss_weights) == {"itm"}
-    history = _overfit(task, batch, steps=60)
+    history = _overfit(task, batch, steps=60, lr=1e-3)
     assert history[0]["itm"] == pytest.approx(math.log(2), abs=0.05)
-    assert sum(h["itm"] for h in history[-5:]) / 5 < 0.45
+    assert _mean(history[-5:], "itm") < 0.4
 
 
 def _params_without_gradient(task) -> list[str]:
@@ -127,24 +133,17 @@ def test_every_trainable_parameter_gets_a_gradient(micro_config, build_task, bat
     assert _params_without_gradient(task) == []
 
 
-def test_m3ae_preset_trains_every_parameter(micro_overrides, tokenizer) -> None:
+def test_m3ae_preset_trains_every_parameter(micro_overrides, tokenizer, make_batch) -> None:
     from mpma.config import load_config
     from mpma.pipelines.pretraining import build_task
 
+    # the micro shapes, but the preset's own memory/alignment switches
     task = build_task(load_config("tiny_m3ae", [o for o in micro_overrides if "memory" not in o]), tokenizer)
     assert task.model.align is None and all(layer.memory is None for layer in task.model.fusion.layers)
-    result = _losses(task, pytest.importorskip("torch") and _micro_batch(tokenizer))
+    result = _losses(task, make_batch(n=4, seed=2))
     assert set(result.losses) == {"mlm", "mim", "itm"}
     sum(result.losses.values()).backward()
     assert _params_without_gradient(task) == []
-
-
-def _micro_batch(tokenizer):
-    from mpma.data.pairs import PairCollator, SynthradPairs
-    from mpma.data.synthrad import SynthRad
-
-    pairs = SynthradPairs(SynthRad(4, seed=2, image_size=32), 32)
-    return PairCollator(tokenizer, 48)([pairs[i] for i in range(4)])
 
 
 @pytest.mark.parametrize("term, head", [
@@ -231,7 +230,7 @@ def test_local_alignment_loss_prefers_matching_pairs() -> None:
     scale = torch.tensor(10.0)
     matched = local_alignment_loss(texts, texts, valid, scale)
     swapped = local_alignment_loss(texts, texts.flip(0), valid, scale)
-    assert matched.item() == pytest.approx(math.log(1 + math.exp(-10)), rel=1e-5)
+    assert matched.item() == pytest.approx(math.log(1 + math.exp(-10)), abs=1e-6)
     assert swapped > matched
 
 
@@ -279,6 +278,13 @@ def test_hard_negatives_respect_forbidden_and_follow_similarity() -> None:
     for row in (2, 3):
         assert not torch.any(forbidden[row, picks[:, row]])
     assert set(picks[:, 3].tolist()) == {1, 2}  # uniform over the allowed columns
+
+
+def test_hard_negatives_survive_non_finite_similarities() -> None:
+    # a diverged model must reach the trainer's "non-finite loss" error, not crash in multinomial
+    similarity = torch.tensor([[float("nan"), 1.0, 2.0], [float("inf"), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    picks = sample_hard_negatives(similarity, torch.eye(3, dtype=torch.bool), torch.Generator().manual_seed(0))
+    assert picks.shape == (3,) and torch.all(picks != torch.arange(3))
 
 
 def test_itm_negatives_never_share_the_match_key(micro_config, build_task, make_batch, monkeypatch) -> None:

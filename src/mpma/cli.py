@@ -89,9 +89,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from mpma.pipelines.quickstart import run_quickstart
+
+    table = run_quickstart(args.out, args.overrides, progress=not args.no_progress)
+    print(table)
+    print(f"\nfolders and results.md under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpma", description="MPMA medical vision-language pre-training")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    quick = commands.add_parser("quickstart", help="pre-train tiny on synthrad, fine-tune VQA + retrieval from it "
+                                "and from scratch, print one table (about 10 minutes on a CPU)")
+    quick.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart); "
+                       "re-running continues where it stopped")
+    quick.add_argument("--no-progress", action="store_true")
+    quick.add_argument("overrides", nargs="*", metavar="key.sub=value", help="pre-training overrides")
+    quick.set_defaults(func=cmd_quickstart)
 
     pretrain = commands.add_parser("pretrain", help="pre-train MPMA (default: synthrad + tiny, a few minutes on a CPU)")
     _add_config_arguments(pretrain)
@@ -118,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    from mpma.cli_data import register as register_data_commands
+
+    register_data_commands(data)  # prepare, validate, stats
     synth = data.add_parser("synth", help="write synthrad images and JSONL manifests to a folder")
     synth.add_argument("--out", required=True)
     synth.add_argument("--n", type=int, default=1000, help="number of cases")

@@ -118,12 +118,15 @@ class _ImageCache:
             stat = os.stat(check.path)
         except OSError:
             return
-        self.handle.write(json.dumps({"path": check.path, "size": stat.st_size,
-                                      "mtime_ns": stat.st_mtime_ns, "ok": check.ok,
-                                      "reason": check.reason, "detail": check.detail}) + "\n")
+        entry = {"path": check.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                 "ok": check.ok, "reason": check.reason, "detail": check.detail}
+        self.entries[check.path] = entry
+        self.handle.write(json.dumps(entry) + "\n")  # appended at once: survives a kill
 
     def close(self) -> None:
+        """Close, rewriting the file with one line per image (the latest result)."""
         self.handle.close()
+        _write_lines(self.path, [json.dumps(e) for e in self.entries.values()])
 
 
 def _resume_shards(folder: Path, state: dict[str, Any], candidate_ids: set[str]) -> dict[str, str]:
@@ -167,6 +170,9 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
         quality: JPEG quality of packed images.
         fresh: Ignore the image cache and earlier shards of this output folder.
 
+    Decoding uses "spawn" worker processes: a script calling this must do so under
+    ``if __name__ == "__main__":`` (the usual multiprocessing rule; the CLI does).
+
     Returns:
         Counts and paths of the run.
 
@@ -176,8 +182,6 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
         PrepareError: ``strict`` with rejects; ``out`` holds another dataset; ``pack`` of a
             record without image.
     """
-    from tqdm import tqdm
-
     adapter = make_adapter(dataset, options)
     src, out = Path(src).expanduser().absolute(), Path(out).expanduser().absolute()
     if not src.is_dir():
@@ -192,27 +196,11 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                                "another --out or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
     result = PrepareResult(dataset, adapter.kind, out)
-    rejects: list[Reject] = []
-    candidates: list[tuple[Any, str]] = []
-    seen: dict[str, str] = {}
-    for item in tqdm(adapter.items(src), desc=f"reading {dataset}", unit="rec",
-                     disable=not progress, dynamic_ncols=True):
-        result.total += 1
-        if item.excluded:
-            result.excluded[item.reason or "excluded"] += 1
-        elif item.record is None:
-            rejects.append(Reject(item.id, item.source, item.reason or "invalid", item.detail))
-        elif item.id in seen:
-            rejects.append(Reject(item.id, item.source, "duplicate id", f"first at {seen[item.id]}"))
-        elif problem := record_problem(item.record, adapter.label_set()):
-            rejects.append(Reject(item.id, item.source, *problem))
-        else:
-            seen[item.id] = item.source
-            candidates.append((item.record, item.source))
+    rejects, candidates = _read(adapter, src, result, progress)
     if pack and any(getattr(r, "image", None) is None for r, _ in candidates):
         raise PrepareError("--pack needs an image for every record; this dataset has text-only ones")
     if strict and rejects:
-        _fail_strict(out, rejects, len(candidates))
+        _fail_strict(out, rejects)
 
     users: dict[str, list[int]] = {}
     for index, (record, _) in enumerate(candidates):
@@ -221,7 +209,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
     checks: dict[str, ImageCheck] = {p: ImageCheck(p, False, "image missing", f"{p} not found")
                                      for p in users if not os.path.isfile(p)}
     if strict and checks:
-        _fail_strict(out, rejects + _image_rejects(candidates, users, checks), len(candidates))
+        _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
     cache = _ImageCache(out / ".cache" / "images.jsonl", fresh)
     writers: dict[str, ShardWriter] = {}
     packed: dict[str, str] = {}
@@ -230,7 +218,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                  "image_size": image_size, "quality": quality, "version": 1}
         if fresh:
             shutil.rmtree(out / "shards", ignore_errors=True)
-        packed = _resume_shards(out / "shards", state, set(seen))
+        packed = _resume_shards(out / "shards", state, {r.id for r, _ in candidates})
     elif (out / "shards").is_dir():  # shards of an earlier --pack run would not match
         shutil.rmtree(out / "shards")
     todo = []
@@ -251,8 +239,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
             cache.put(check)
             checks[check.path] = dataclasses.replace(check, data=None)
             if strict and not check.ok:
-                _fail_strict(out, rejects + _image_rejects(candidates, users, checks),
-                             len(candidates))
+                _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
             if check.ok and pack:
                 assert check.data is not None
                 for i in users[check.path]:
@@ -274,6 +261,32 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                    checks, rejects, packed)
 
 
+def _read(adapter: Any, src: Path, result: PrepareResult,
+          progress: bool) -> tuple[list[Reject], list[tuple[Any, str]]]:
+    """Read the release: parse rejects, duplicate ids and content problems; the rest are
+    ``(record, source)`` candidates still to pass the image checks."""
+    from tqdm import tqdm
+
+    rejects: list[Reject] = []
+    candidates: list[tuple[Any, str]] = []
+    seen: dict[str, str] = {}
+    for item in tqdm(adapter.items(src), desc=f"reading {result.dataset}", unit="rec",
+                     disable=not progress, dynamic_ncols=True):
+        result.total += 1
+        if item.excluded:
+            result.excluded[item.reason or "excluded"] += 1
+        elif item.record is None:
+            rejects.append(Reject(item.id, item.source, item.reason or "invalid", item.detail))
+        elif item.id in seen:
+            rejects.append(Reject(item.id, item.source, "duplicate id", f"first at {seen[item.id]}"))
+        elif problem := record_problem(item.record, adapter.label_set()):
+            rejects.append(Reject(item.id, item.source, *problem))
+        else:
+            seen[item.id] = item.source
+            candidates.append((item.record, item.source))
+    return rejects, candidates
+
+
 def _writer(folder: Path, split: str, shard_mb: float) -> ShardWriter:
     numbers = [int(p.name[len(split) + 1:-4]) for p in folder.glob(f"{split}-*.tar")
                if p.name[len(split) + 1:-4].isdigit()]
@@ -290,14 +303,14 @@ def _image_rejects(candidates: list, users: dict[str, list[int]],
     return out
 
 
-def _fail_strict(out: Path, rejects: list[Reject], candidates: int) -> None:
+def _fail_strict(out: Path, rejects: list[Reject]) -> None:
     _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
     counts = Counter(r.reason for r in rejects)
     raise PrepareError(
         f"--strict: {len(rejects):,} record(s) rejected ("
         + ", ".join(f"{reason}: {n:,}" for reason, n in counts.most_common())
         + f"); see {out / 'rejects.jsonl'}. No manifest was written; fix the release or run "
-        f"without --strict to keep the valid records (up to {candidates - len(rejects):,}).")
+        "without --strict to keep the valid records.")
 
 
 def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: Any, pack: bool,
@@ -327,8 +340,8 @@ def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: 
             shards.append(ShardInfo(path.name, path.name.rsplit("-", 1)[0], len(rows),
                                     path.stat().st_size))
         if len(ids) != len(set(ids)) or set(ids) != {r.id for r in kept}:
-            raise PrepareError(f"{folder}: shards do not hold each kept record exactly once; "
-                               "rerun with --fresh")
+            raise PrepareError(f"{folder}: the shards do not hold each kept record exactly once "
+                               "(the release changed since the interrupted run?); rerun with --fresh")
         write_index(folder, shards, kind=result.kind, dataset=result.dataset, image_size=image_size)
         result.shards = shards
     info = {"dataset": result.dataset, "kind": result.kind, "src": str(src),

@@ -194,6 +194,8 @@ def _worker() -> tuple[int, int]:
 
 
 def _dist_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if (rank is None) != (world_size is None):
+        raise ValueError("pass both rank and world_size, or neither (then torch.distributed's)")
     if rank is not None and world_size is not None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")

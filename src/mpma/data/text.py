@@ -52,11 +52,15 @@ def read_corpus(path: str | Path) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, lowercase: bool = True):
+def train_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, lowercase: bool = True, overwrite: bool = True
+):
     """Train a WordPiece tokenizer offline and save it as a Hugging Face tokenizer folder.
 
     The folder loads with ``transformers.AutoTokenizer.from_pretrained(out_dir)``; sequences are
-    ``[CLS] text [SEP]`` (pairs: ``[CLS] a [SEP] b [SEP]``).
+    ``[CLS] text [SEP]`` (pairs: ``[CLS] a [SEP] b [SEP]``). When ``out_dir`` already exists its
+    tokenizer files are replaced (other files are kept), or, with ``overwrite=False`` (the cache,
+    where another process may have just written the same tokenizer), the existing copy is kept.
 
     Returns:
         the loaded ``transformers`` fast tokenizer.
@@ -79,12 +83,16 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     fast.save_pretrained(str(tmp))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():  # another process won the race; keep its copy
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+    elif overwrite:
+        for item in tmp.iterdir():
+            os.replace(item, out_dir / item.name)
+        tmp.rmdir()
+    else:  # another process won the race; keep its copy
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
     return load_tokenizer(out_dir)
 
 
@@ -110,7 +118,7 @@ def cached_tokenizer(name: str, texts_fn, vocab_size: int):
     path = cache_dir() / "tokenizers" / f"{name}-{vocab_size}-{key}"
     if path.is_dir():
         return load_tokenizer(path)
-    return train_tokenizer(texts_fn(), path, vocab_size=vocab_size)
+    return train_tokenizer(texts_fn(), path, vocab_size=vocab_size, overwrite=False)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, text_pairs: list[str] | None = None) -> dict[str, torch.Tensor]:

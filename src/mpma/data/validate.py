@@ -194,6 +194,20 @@ def infer_kind(manifest: str | os.PathLike[str]) -> ManifestKind:
     raise ValueError(f"{manifest}: no record to infer the kind from; pass --kind")
 
 
+def _prepared_labels(manifest: Path) -> tuple[str, ...] | None:
+    """Label set of the dataset named in the ``prepare.json`` next to ``manifest``, if any."""
+    info = manifest.parent / "prepare.json"
+    if not info.is_file():
+        return None
+    from mpma.data.adapters import make_adapter
+
+    data = json.loads(info.read_text(encoding="utf-8"))
+    try:
+        return make_adapter(data["dataset"], data.get("user_options")).label_set()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 @dataclass
 class ValidationReport:
     """Outcome of :func:`validate_manifest`."""
@@ -212,6 +226,18 @@ def validate_manifest(manifest: str | os.PathLike[str], kind: ManifestKind | Non
                       workers: int | None = None, progress: bool = True) -> ValidationReport:
     """Check every line of a manifest, collecting all problems instead of stopping at the first.
 
+    Args:
+        manifest: JSONL manifest.
+        kind: Record kind (default: :func:`infer_kind`).
+        known_labels: Accepted labels (default: the label set of the dataset recorded in a
+            ``prepare.json`` next to the manifest; none when there is none).
+        images: Also check that every image decodes.
+        workers: Decoding processes (see :func:`check_images`).
+        progress: Show a progress bar.
+
+    Returns:
+        Counts and one :class:`Reject` per problem (``source`` = ``manifest:line``).
+
     Raises:
         FileNotFoundError: The manifest does not exist.
     """
@@ -219,6 +245,8 @@ def validate_manifest(manifest: str | os.PathLike[str], kind: ManifestKind | Non
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest}")
     kind = kind or infer_kind(manifest)
+    if known_labels is None:
+        known_labels = _prepared_labels(manifest)
     rejects: list[Reject] = []
     good: list[tuple[Record, str]] = []
     seen: dict[str, str] = {}

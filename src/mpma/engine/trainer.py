@@ -177,7 +177,7 @@ class Trainer:
                 raise RuntimeError(f"the task returned no value for the loss terms {sorted(missing)}")
             total = sum(self.loss_weights[name] * result.losses[name].float() for name in self.loss_weights)
             if not torch.isfinite(total):
-                terms = {k: float(v) for k, v in result.losses.items()}
+                terms = {k: float(v.detach()) for k, v in result.losses.items()}
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
             scaled = total / self.optim_cfg.accumulate
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mpma.data.records import normalize_answer
@@ -92,9 +93,9 @@ def evaluate_retrieval(model, examples, collate, batch_size: int, device, rerank
         if model.itm_head is None:
             raise ValueError("head.rerank_k > 0 needs an ITM head (objectives.itm > 0 in the backbone config)")
         tokens = torch.cat(image_tokens)
-        width = max(int(m.sum()) for m in text_masks)
-        states = torch.stack([s[:width] for s in text_states])
-        masks = torch.stack([m[:width] for m in text_masks])
+        width = max(int(m.sum()) for m in text_masks)  # batches were padded to different lengths
+        states = torch.stack([F.pad(s[:width], (0, 0, 0, width - min(width, s.shape[0]))) for s in text_states])
+        masks = torch.stack([F.pad(m[:width], (0, width - min(width, m.shape[0]))) for m in text_masks])
         reranked = {}
         for direction, sim in (("i2t", similarity), ("t2i", similarity.t())):
             order = _itm_rerank(model, sim, tokens, states, masks, rerank_k, image_query=direction == "i2t",

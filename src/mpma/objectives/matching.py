@@ -20,7 +20,9 @@ def sample_hard_negatives(
         (B,) column indices. A row with no allowed column falls back to the next sample (i + 1) % B.
     """
     batch = similarity.shape[0]
-    weights = similarity.detach().float().softmax(dim=1).masked_fill(forbidden, 0.0)
+    weights = similarity.detach().float().softmax(dim=1)
+    # a non-finite similarity (diverged model) must not crash multinomial; the loss reports it instead
+    weights = weights.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).masked_fill(forbidden, 0.0)
     empty = weights.sum(dim=1) <= 0
     weights[empty] = 1.0  # placeholder, replaced below
     picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)

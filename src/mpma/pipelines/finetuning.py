@@ -116,6 +116,15 @@ class FinetuneRun:
         self.data = build_task_data(config.task, config.data, image_size)
         texts = lambda: [e.get("question") or e.get("text") or "" for e in self.data.splits["train"]]  # noqa: E731
         self.backbone_config, self.tokenizer, self.backbone = load_backbone(config, texts)
+        self.fresh_alignment = False
+        if config.task == "retrieval" and self.backbone.align is None and config.epochs > 0:
+            # e.g. an M3AE-style backbone: retrieval fine-tuning starts a new GLA-global projection.
+            from mpma.models.heads import AlignmentHeads
+
+            objectives = self.backbone_config.objectives
+            self.backbone.align = AlignmentHeads(self.backbone.vision.width, self.backbone.text.width,
+                                                 objectives.align_dim, objectives.temperature, local=False)
+            self.fresh_alignment = True
         if config.task == "vqa":
             self.classes = answer_vocabulary(self.data, config.head.answer_vocab)
         else:
@@ -140,7 +149,7 @@ class FinetuneRun:
         scores = D.predict_scores(self.module, examples, self.collate, batch, self.device)
         if task == "vqa":
             return D.evaluate_vqa(scores, examples, self.classes)
-        return D.evaluate_classification(scores, examples, self.classes, self.module.multi_label)
+        return D.evaluate_classification(scores, examples, self.classes, self.data.multi_label)
 
     def selection_value(self, metrics: dict) -> float:
         from mpma.eval.downstream import SELECTION_METRIC
@@ -150,7 +159,7 @@ class FinetuneRun:
     def task_metadata(self) -> dict:
         return {"task": self.config.task, "classes": self.classes, "multi_label": self.data.multi_label,
                 "answer_vocab": self.config.head.answer_vocab if self.config.task == "vqa" else None,
-                "init": self.config.init, "data": self.data.notes,
+                "init": self.config.init, "data": self.data.notes, "fresh_alignment_head": self.fresh_alignment,
                 "split_sizes": {k: len(v) for k, v in self.data.splits.items()}}
 
 

@@ -43,13 +43,20 @@ def build_pretrain_data(config: Config) -> PretrainData:
         train = SynthRad(config.data.train_size, offset=0, **common)
         held_out = SynthRad(config.run.eval_size, offset=config.data.train_size, **common)
         return PretrainData(SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad")
-    manifest = Path(path)
-    train = ManifestPairs(manifest, "train", size)
-    try:
-        held_out = ManifestPairs(manifest, "validation", size)
-    except ValueError:
-        held_out = None
-    return PretrainData(train, held_out, f"manifest-{manifest.resolve()}")
+    from mpma.data.shards import open_pairs
+
+    source = Path(path)
+    train = open_pairs(source, "train", size, train=True, seed=config.data.seed, repeat=True)
+    held_out = None
+    for split in ("val", "validation"):
+        try:
+            held_out = open_pairs(source, split, size)
+            break
+        except ValueError:
+            continue
+    if held_out is not None and not isinstance(held_out, ManifestPairs):
+        held_out = None  # a packed validation stream: the retrieval check reads map-style data only
+    return PretrainData(train, held_out, f"manifest-{source.resolve()}")
 
 
 def build_tokenizer(config: Config, data: PretrainData):
@@ -64,7 +71,9 @@ def build_tokenizer(config: Config, data: PretrainData):
     if name != "synthrad":
         name = "manifest-" + hashlib.sha1(name.encode()).hexdigest()[:12]
     else:
-        name = f"synthrad-s{config.data.seed}"
+        # the texts are the first reports of this synthrad configuration: key the cache on all that shapes them
+        name = (f"synthrad-s{config.data.seed}-n{min(len(data.train), 20000)}"
+                f"-f{config.data.normal_fraction:g}")
     return cached_tokenizer(name, lambda: data.train.texts()[:20000], config.text.vocab_size)
 
 
@@ -95,21 +104,20 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(json.loads((run_dir / "config.json").read_text()))
 
 
-def run_pretraining(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``."""
     from mpma.data.pairs import PairCollator
-    from mpma.data.sampling import EpochBatches, iterate_batches
 
     run_dir = Path(out_dir)
+    if resume:  # the run's own config.json decides (``config`` may be None)
+        if not (run_dir / "config.json").exists():
+            raise FileNotFoundError(f"--resume: {run_dir} has no config.json (is it a run folder?)")
+        config = load_run_config(run_dir)
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     env = distributed.setup(config.run.device)
     try:
-        if resume:
-            if not (run_dir / "config.json").exists():
-                raise FileNotFoundError(f"--resume: {run_dir} has no config.json (is it a run folder?)")
-            config = load_run_config(run_dir)
-        elif env.is_main and (run_dir / "checkpoints").exists() and ckpt.list_checkpoints(run_dir):
+        if not resume and env.is_main and (run_dir / "checkpoints").exists() and ckpt.list_checkpoints(run_dir):
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it or choose --out")
         torch.manual_seed(config.run.seed)
         data = build_pretrain_data(config)
@@ -130,10 +138,11 @@ def run_pretraining(config: Config, out_dir: str | Path, resume: bool = False, p
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             trainer.resume(latest)
+        elif env.is_main:
+            (run_dir / "log.jsonl").unlink(missing_ok=True)  # starting at step 0: drop a killed run's log
         collate = PairCollator(tokenizer, config.text.max_length)
-        sampler = EpochBatches(len(data.train), config.data.batch_size, config.data.seed, env.rank, env.world_size)
         started = time.perf_counter()
-        trainer.fit(lambda start: iterate_batches(data.train, collate, sampler, start, config.data.num_workers), progress)
+        trainer.fit(lambda start: _batches(data.train, collate, config, env, start), progress)
         train_seconds = time.perf_counter() - started
         summary = {}
         if env.is_main:
@@ -152,6 +161,24 @@ def run_pretraining(config: Config, out_dir: str | Path, resume: bool = False, p
         distributed.cleanup()
 
 
+def _batches(dataset, collate, config: Config, env, start: int):
+    """Endless batches from global micro-batch ``start``: exact replay for map-style data; a packed
+    (iterable) stream restarts its shuffled shard stream and skips ``start`` batches."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from mpma.data.sampling import EpochBatches, iterate_batches
+
+    if isinstance(dataset, IterableDataset):
+        loader = DataLoader(dataset, batch_size=config.data.batch_size, collate_fn=collate,
+                            num_workers=config.data.num_workers)
+        stream = iter(loader)
+        for _ in range(start):
+            next(stream)
+        return stream
+    sampler = EpochBatches(len(dataset), config.data.batch_size, config.data.seed, env.rank, env.world_size)
+    return iterate_batches(dataset, collate, sampler, start, config.data.num_workers)
+
+
 def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Config, device) -> dict:
     """Zero-shot retrieval on held-out pairs; a hit is an item with the same grouping key."""
     from mpma.eval.retrieval import embed_dataset, retrieval_report
@@ -159,7 +186,7 @@ def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Con
     if model.align is None:
         return {"skipped": "no GLA alignment head in this configuration (objectives.global_align=0)"}
     if data.held_out is None:
-        return {"skipped": "the manifest has no 'validation' split"}
+        return {"skipped": "the manifest has no 'val' split"}
     image_embed, text_embed = embed_dataset(model, data.held_out, collate, 256, device)
     if hasattr(data.held_out, "cases"):
         keys = [data.held_out.cases[i].finding_key for i in range(len(data.held_out))]

@@ -1,0 +1,360 @@
+"""Engine: learning-rate schedule, parameter groups, trainer bookkeeping, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpma.engine import checkpoint as ckpt
+from mpma.engine.distributed import DistEnv
+from mpma.engine.trainer import Trainer, lr_multiplier, parameter_groups, step_seed
+
+# ------------------------------------------------------------------ schedule
+
+
+def test_warmup_is_linear_from_zero_to_one() -> None:
+    warmup = 10
+    values = [lr_multiplier(step, warmup, 100) for step in range(warmup)]
+    assert values == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert all(b - a == pytest.approx(1 / warmup) for a, b in zip(values, values[1:]))
+    assert lr_multiplier(warmup, warmup, 100) == pytest.approx(1.0)  # peak right after warm-up
+
+
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1])
+def test_cosine_decay_shape_and_end_value(min_ratio: float) -> None:
+    warmup, total = 10, 110
+    assert lr_multiplier(total, warmup, total, min_ratio) == pytest.approx(min_ratio)
+    assert lr_multiplier(total + 50, warmup, total, min_ratio) == pytest.approx(min_ratio)  # clamped after the end
+    mid = warmup + (total - warmup) // 2
+    assert lr_multiplier(mid, warmup, total, min_ratio) == pytest.approx(min_ratio + (1 - min_ratio) * 0.5)
+    quarter = warmup + (total - warmup) // 4
+    expected = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi / 4))
+    assert lr_multiplier(quarter, warmup, total, min_ratio) == pytest.approx(expected)
+    decay = [lr_multiplier(s, warmup, total, min_ratio) for s in range(warmup, total + 1)]
+    assert all(b <= a for a, b in zip(decay, decay[1:]))
+
+
+def test_no_warmup_starts_at_the_peak() -> None:
+    assert lr_multiplier(0, 0, 10) == pytest.approx(1.0)
+    assert lr_multiplier(10, 0, 10) == pytest.approx(0.0)
+
+
+def test_step_seeds_are_distinct() -> None:
+    seeds = {step_seed(0, s, r, m) for s in range(50) for r in range(4) for m in range(3)}
+    assert len(seeds) == 50 * 4 * 3
+    assert step_seed(1, 0, 0) != step_seed(0, 0, 0)
+
+
+# ------------------------------------------------------------------ parameter groups and the trainer
+
+
+@pytest.fixture()
+def task(micro_config, build_task):
+    return build_task(micro_config())
+
+
+def _groups(task, optim):
+    model = task.model
+    return parameter_groups(task, optim, {f"model.{n}" for n in model.head_parameter_names()},
+                            {f"model.{n}" for n in model.no_weight_decay()})
+
+
+def test_parameter_groups(task, micro_config) -> None:
+    optim = micro_config("optim.lr=0.001", "optim.head_lr_mult=5", "optim.weight_decay=0.05").optim
+    groups = _groups(task, optim)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    named = dict(task.named_parameters())
+    assert len(by_id) == len(named) == sum(len(g["params"]) for g in groups)  # each parameter exactly once
+    heads = {f"model.{n}" for n in task.model.head_parameter_names()}
+    for name, param in named.items():
+        group = by_id[id(param)]
+        assert group["lr"] == group["base_lr"] == pytest.approx(0.005 if name in heads else 0.001), name
+        no_decay = param.ndim < 2 or name.endswith(("pos_embed", "cls_token", "mask_token", "type_embed", "memory"))
+        assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert by_id[id(named["model.vision.blocks.0.attn.q.weight"])]["weight_decay"] == 0.05
+    assert by_id[id(named["model.vision.blocks.0.norm1.weight"])]["weight_decay"] == 0.0
+
+
+def _trainer(task, config, run_dir: Path) -> Trainer:
+    return Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, run_dir, DistEnv())
+
+
+def _endless(batch):
+    def batches(start: int):
+        while True:
+            yield batch
+
+    return batches
+
+
+def test_trainer_sets_the_scheduled_lr_on_every_group(task, micro_config, tmp_path) -> None:
+    config = micro_config("optim.lr=0.01", "optim.head_lr_mult=3", "optim.warmup_steps=4", "optim.steps=20")
+    trainer = _trainer(task, config, tmp_path)
+    for step in (0, 2, 4, 12, 19):
+        trainer.step = step
+        reported = trainer._set_lr()
+        mult = lr_multiplier(step, 4, 20)
+        assert reported == pytest.approx(0.01 * mult)
+        assert sorted({round(g["lr"], 12) for g in trainer.optimizer.param_groups}) == pytest.approx(
+            sorted({0.01 * mult, 0.03 * mult}))
+
+
+def test_trainer_logs_every_term_and_the_weighted_total(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=3", "optim.warmup_steps=1", "run.log_every=1", "run.checkpoint_every=2",
+                          "objectives.mim=2.0", "objectives.local_align=0.25")
+    task = build_task(config)
+    trainer = _trainer(task, config, tmp_path)
+    trainer.fit(_endless(make_batch(n=8)), progress=False)
+    assert trainer.step == 3
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    weights = task.loss_weights
+    assert weights["mim"] == 2.0 and weights["local_align"] == 0.25
+    for row in rows:
+        assert set(weights) | {"loss", "lr", "samples_per_s", "grad_norm"} <= set(row)
+        assert row["loss"] == pytest.approx(sum(w * row[k] for k, w in weights.items()), rel=1e-5)
+        assert all(math.isfinite(v) for v in row.values())
+    assert rows[0]["lr"] == pytest.approx(config.optim.lr)  # warm-up of 1 step reaches the peak at once
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+
+
+def test_gradient_accumulation_consumes_micro_batches(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=2", "optim.accumulate=3", "run.log_every=1", "run.checkpoint_every=100")
+    task = build_task(config)
+    trainer = _trainer(task, config, tmp_path)
+    batch = make_batch(n=4)
+    drawn, starts = [], []
+
+    def batches(start: int):
+        starts.append(start)
+        while True:
+            drawn.append(1)
+            yield batch
+
+    trainer.fit(batches, progress=False)
+    assert starts == [0] and len(drawn) == 6
+
+
+def test_gradient_clipping_bounds_the_update(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=1", "optim.warmup_steps=0", "optim.grad_clip=1e-6", "optim.lr=1.0",
+                          "optim.weight_decay=0", "run.checkpoint_every=100")
+    task = build_task(config)
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    trainer = _trainer(task, config, tmp_path)
+    trainer.fit(_endless(make_batch(n=4)), progress=False)
+    row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert row["grad_norm"] > 1e-3  # the logged norm is the one before clipping
+    # Adam normalises the step, so a clipped gradient still moves parameters by about lr; check it ran
+    assert any(not torch.equal(before[n], p) for n, p in task.named_parameters())
+
+
+def test_non_finite_loss_stops_with_a_clear_error(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=1")
+    task = build_task(config)
+    batch = make_batch(n=4)
+    batch["images"] = batch["images"] * float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
+        _trainer(task, config, tmp_path).fit(_endless(batch), progress=False)
+
+
+def test_unknown_precision_is_rejected(micro_config, build_task, tmp_path) -> None:
+    task = build_task(micro_config())
+    with pytest.raises(ValueError, match="run.precision"):
+        _trainer(task, micro_config("run.precision=fp8"), tmp_path)
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        _trainer(task, micro_config("run.precision=fp16"), tmp_path)
+
+
+def test_bf16_autocast_step_runs(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=1", "run.precision=bf16", "run.checkpoint_every=100")
+    task = build_task(config)
+    _trainer(task, config, tmp_path).fit(_endless(make_batch(n=4)), progress=False)
+    row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(row["loss"])
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _outputs(task, batch):
+    task.eval()
+    with torch.no_grad():
+        out = task.model(batch["images"], batch["input_ids"], batch["attention_mask"],
+                         mlm_positions=batch["special_tokens_mask"] == 0, generator=torch.Generator().manual_seed(0))
+    return [out.vision.tokens, out.text, out.fusion.pooled, out.mlm_logits, out.mim_pred, out.image_embed,
+            out.text_local]
+
+
+def test_checkpoint_save_then_load_gives_identical_outputs(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=1", "optim.warmup_steps=0", "run.checkpoint_every=1")
+    batch = make_batch(n=4)
+    source = build_task(config, seed=0)
+    trainer = _trainer(source, config, tmp_path)
+    trainer.fit(_endless(batch), progress=False)  # trained weights, not the initialisation
+    path = ckpt.latest_checkpoint(tmp_path)
+    assert path == ckpt.checkpoint_dir(tmp_path, 1)
+    target = build_task(config, seed=1)
+    assert not torch.equal(_outputs(target, batch)[2], _outputs(source, batch)[2])
+    ckpt.load_weights(target, path / ckpt.WEIGHTS)
+    for a, b in zip(_outputs(source, batch), _outputs(target, batch)):
+        assert torch.equal(a, b)
+    # every tensor of the state dict round-trips bit for bit
+    state_a, state_b = source.state_dict(), target.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_loading_mismatched_weights_names_the_keys(micro_config, build_task, tmp_path) -> None:
+    ckpt.save_weights(build_task(micro_config()), tmp_path / "full.safetensors")
+    smaller = build_task(micro_config("objectives.mim=0"))
+    with pytest.raises(RuntimeError, match="unexpected keys.*mim_decoder"):
+        ckpt.load_weights(smaller, tmp_path / "full.safetensors")
+    ckpt.load_weights(smaller, tmp_path / "full.safetensors", strict=False)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        ckpt.load_weights(smaller, tmp_path / "missing.safetensors")
+
+
+def test_trainer_state_loads_with_weights_only(micro_config, build_task, make_batch, tmp_path) -> None:
+    config = micro_config("optim.steps=2", "run.checkpoint_every=1")
+    task = build_task(config)
+    trainer = _trainer(task, config, tmp_path)
+    trainer.fit(_endless(make_batch(n=4)), progress=False)
+    state_path = ckpt.latest_checkpoint(tmp_path) / ckpt.STATE
+    state = torch.load(state_path, map_location="cpu", weights_only=True)  # no pickled code needed
+    assert state["step"] == 2
+    assert state["optimizer"]["state"]  # Adam moments are there
+    assert ckpt.load_state(state_path)["step"] == 2
+    # and resuming restores the step and the optimizer moments
+    other = _trainer(build_task(config, seed=5), config, tmp_path)
+    other.resume(ckpt.latest_checkpoint(tmp_path))
+    assert other.step == 2
+    mine, theirs = trainer.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k]["exp_avg"], theirs[k]["exp_avg"]) for k in mine)
+
+
+def test_checkpoints_are_atomic_and_pruned(task, tmp_path) -> None:
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, task, {"step": step}, keep=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000003"]
+    assert not list(tmp_path.rglob("*.tmp"))  # no temp file or folder left behind
+    for folder in root.iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == [ckpt.WEIGHTS, ckpt.STATE]
+    # a killed save leaves a .tmp folder; an interrupted copy leaves a folder without state.pt
+    leftover = root / "step_00000009.tmp"
+    leftover.mkdir()
+    (leftover / ckpt.WEIGHTS).write_bytes(b"partial")
+    (leftover / ckpt.STATE).write_bytes(b"partial")
+    incomplete = root / "step_00000010"
+    incomplete.mkdir()
+    (incomplete / ckpt.WEIGHTS).write_bytes(b"partial")
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step_00000003"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+    # steps sort numerically, not as text
+    ckpt.save_checkpoint(tmp_path, 100000000, task, {"step": 100000000}, keep=0)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_100000000"
+    # saving over a leftover temp folder works
+    ckpt.save_checkpoint(tmp_path, 9, task, {"step": 9}, keep=0)
+    assert not leftover.exists() and (root / "step_00000009" / ckpt.STATE).exists()
+    assert ckpt.latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_save_weights_is_atomic(task, tmp_path, monkeypatch) -> None:
+    target = tmp_path / "model.safetensors"
+    ckpt.save_weights(task, target)
+    good = target.read_bytes()
+    import safetensors.torch
+
+    def broken(tensors, path, *args, **kwargs):
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError):
+        ckpt.save_weights(task, target)
+    assert target.read_bytes() == good  # the previous file is intact
+
+
+# ------------------------------------------------------------------ exact resume
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_run(micro_config, tokenizer_dir, tmp_path, monkeypatch) -> None:
+    from mpma.pipelines.pretraining import run_pretraining
+
+    k = 2
+    overrides = ("optim.steps=4", "optim.warmup_steps=1", "run.log_every=1", f"run.checkpoint_every={k}",
+                 "run.eval_size=16", f"text.tokenizer={tokenizer_dir}", "optim.lr=0.003")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run_pretraining(micro_config(*overrides), straight, progress=False)
+
+    original_save = Trainer.save
+
+    def save_then_die(self):
+        path = original_save(self)
+        if self.step == k:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        run_pretraining(micro_config(*overrides), broken, progress=False)
+    monkeypatch.setattr(Trainer, "save", original_save)
+    assert [p.name for p in ckpt.list_checkpoints(broken)] == [f"step_{k:08d}"]
+    assert not (broken / "summary.json").exists()
+    # the killed run may have logged past its last checkpoint: fake one extra line
+    with (broken / "log.jsonl").open("a") as handle:
+        handle.write(json.dumps({"step": k + 1, "loss": 123.0}) + "\n")
+
+    run_pretraining(micro_config(), broken, resume=True, progress=False)  # the saved config wins
+
+    def rows(run: Path) -> dict[int, dict]:
+        lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in lines]
+        assert steps == sorted(set(steps)), f"duplicate or unordered log lines: {steps}"
+        return {r["step"]: r for r in lines}
+
+    a, b = rows(straight), rows(broken)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    terms = ["loss", "mlm", "mim", "global_align", "local_align", "itm"]
+    for step in (k + 1, k + 2):
+        for term in terms:
+            assert b[step][term] == pytest.approx(a[step][term], abs=1e-5), (step, term)
+        assert b[step]["lr"] == pytest.approx(a[step]["lr"])
+    # the steps before the interruption were not replayed or rewritten
+    for term in terms:
+        assert b[1][term] == pytest.approx(a[1][term], abs=1e-5)
+    summary_a = json.loads((straight / "summary.json").read_text())
+    summary_b = json.loads((broken / "summary.json").read_text())
+    for term in terms:
+        assert summary_b["losses"][term]["last"] == pytest.approx(summary_a["losses"][term]["last"], abs=1e-5)
+    # final weights agree too
+    wa = ckpt.latest_checkpoint(straight) / ckpt.WEIGHTS
+    wb = ckpt.latest_checkpoint(broken) / ckpt.WEIGHTS
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(str(wa)), load_file(str(wb))
+    assert all(torch.allclose(sa[name], sb[name], atol=1e-5) for name in sa)
+
+
+@pytest.mark.slow
+def test_fresh_run_does_not_inherit_a_stale_log(micro_config, tokenizer_dir, tmp_path) -> None:
+    """A run killed before its first checkpoint leaves a log; starting again must not append to it."""
+    from mpma.pipelines.pretraining import run_pretraining
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 99.0}) + "\n")
+    config = micro_config("optim.steps=2", "run.log_every=1", "run.eval_size=16", f"text.tokenizer={tokenizer_dir}")
+    run_pretraining(config, run, progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]

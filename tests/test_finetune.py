@@ -1,0 +1,172 @@
+"""Downstream fine-tuning: label fractions, every task end to end through the CLI, save/load, re-ranking cost."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpma.cli import main
+from mpma.data.tasks import held_out_split, label_fraction
+
+MICRO_PRESET = """
+base: tiny
+vision: {image_size: 32, patch_size: 8, width: 32, depth: 1, heads: 2}
+text: {width: 32, depth: 1, heads: 2, intermediate: 64, max_length: 40}
+fusion: {width: 32, depth: 1, heads: 2, memory_slots: 4}
+decoder: {width: 16, depth: 1, heads: 2}
+objectives: {align_dim: 16}
+data: {batch_size: 8, train_size: 64}
+optim: {steps: 3, warmup_steps: 1}
+run: {log_every: 1, checkpoint_every: 3, eval_size: 32}
+"""
+SMALL_DATA = ["data.train_size=24", "data.val_size=8", "data.test_size=12", "data.batch_size=8", "epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def micro_preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "micro.yaml"
+    path.write_text(MICRO_PRESET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory, micro_preset) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", "--config", str(micro_preset), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- label fractions
+
+
+def _examples(n_per_label: dict[tuple, int]) -> list[dict]:
+    return [{"id": f"{labels}-{i}", "labels": labels} for labels, n in n_per_label.items() for i in range(n)]
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 1.0])
+def test_label_fraction_sizes_and_stratification(fraction):
+    counts = {("a",): 200, ("b",): 50, ("a", "c"): 30, ("d",): 1}
+    subset = label_fraction(_examples(counts), fraction, seed=3)
+    got = Counter(e["labels"] for e in subset)
+    for labels, n in counts.items():
+        expected = n if fraction == 1 else max(1, -(-int(fraction * n * 1000) // 1000))
+        assert got[labels] == pytest.approx(expected, abs=1), labels  # ceil(fraction * n), at least one
+        assert got[labels] >= 1  # every stratum, even a single-example one, survives
+
+
+def test_label_fraction_is_deterministic_and_seeded():
+    examples = _examples({("a",): 100, ("b",): 100})
+    first = [e["id"] for e in label_fraction(examples, 0.1, seed=0)]
+    assert first == [e["id"] for e in label_fraction(examples, 0.1, seed=0)]
+    assert first != [e["id"] for e in label_fraction(examples, 0.1, seed=1)]
+
+
+def test_label_fraction_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="data.fraction"):
+        label_fraction(_examples({("a",): 3}), 0.0, seed=0)
+
+
+def test_held_out_split_keeps_groups_together():
+    examples = [{"group": g, "i": i} for g in range(20) for i in range(3)]
+    train, val = held_out_split(examples, 0.2, seed=0, group_key="group")
+    assert len(train) + len(val) == len(examples)
+    assert not {e["group"] for e in train} & {e["group"] for e in val}
+    assert len({e["group"] for e in val}) == 4
+
+
+# ----------------------------------------------------------------------------- every task end to end
+
+
+def _same(a, b) -> bool:
+    """Nested equality of metric dicts, NaN equal to NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    return a == b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["vqa", "mm_cls", "retrieval", "img_cls", "txt_cls"])
+def test_finetune_each_task_from_scratch_writes_metrics_and_reloads(tmp_path, micro_preset, task):
+    out = tmp_path / task
+    assert main(["finetune", task, "--out", str(out), "--no-progress", f"preset={micro_preset}", *SMALL_DATA]) == 0
+    for name in ("config.json", "backbone.json", "task.json", "log.jsonl", "metrics.json", "metrics.md", "best/model.safetensors"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "epoch" in line]
+    assert len(epochs) == 1 and "val" in epochs[0]
+    task_meta = json.loads((out / "task.json").read_text())
+    if task != "retrieval":
+        assert task_meta["classes"], "the answer vocabulary / label names are saved with the head"
+    # the saved head, vocabulary and tokenizer reproduce the test metrics exactly
+    from mpma.pipelines.finetuning import evaluate_run
+
+    again = evaluate_run(out, "test")
+    assert _same(json.loads(json.dumps(again, default=float)), metrics["test"])
+
+
+@pytest.mark.slow
+def test_finetune_from_pretrained_run_and_zero_shot(tmp_path, pretrained_run):
+    out = tmp_path / "vqa"
+    assert main(["finetune", "vqa", "--init", str(pretrained_run), "--out", str(out), "--no-progress", *SMALL_DATA]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"overall", "open", "closed", "out_of_vocab"}
+    assert metrics["answer_vocab"] == "train"
+    zero = tmp_path / "zs"
+    assert main(["finetune", "zero_shot_cls", "--init", str(pretrained_run), "--out", str(zero), "--no-progress",
+                 "data.test_size=12"]) == 0
+    assert 0 <= json.loads((zero / "metrics.json").read_text())["test"]["macro_auc"] <= 1
+
+
+def test_finetune_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["finetune", "vqa", "--init", str(tmp_path), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "expected 'scratch', a pre-training run folder" in capsys.readouterr().err
+
+
+def test_vqa_answer_vocabulary_conventions():
+    from mpma.data.tasks import TaskData
+    from mpma.pipelines.finetuning import answer_vocabulary
+
+    data = TaskData({"train": [{"answer": "Yes"}], "val": [{"answer": "left "}], "test": [{"answer": "Right."}]})
+    assert answer_vocabulary(data, "train") == ["left", "yes"]
+    assert answer_vocabulary(data, "all_splits") == ["left", "right", "yes"]
+    with pytest.raises(ValueError, match="answer_vocab"):
+        answer_vocabulary(data, "test")
+
+
+# ----------------------------------------------------------------------------- retrieval cost
+
+
+@pytest.mark.slow
+def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
+    from mpma.config import load_config
+    from mpma.eval.downstream import FusionCallCounter, evaluate_retrieval
+    from mpma.finetune_config import FinetuneConfig
+    from mpma.pipelines.finetuning import FinetuneRun
+
+    config = load_config(None, ["task=retrieval", f"init={pretrained_run}", "epochs=0", "data.test_size=20"], cls=FinetuneConfig)
+    run = FinetuneRun(config, torch.device("cpu"))
+    model = run.backbone
+    calls = {"pairs": 0}
+    original = model.fuse
+
+    def counting_fuse(text, mask, image, return_attention=False):
+        calls["pairs"] += text.shape[0]
+        return original(text, mask, image, return_attention)
+
+    model.fuse = counting_fuse
+    counter = FusionCallCounter()
+    examples = run.data.splits["test"]
+    report = evaluate_retrieval(model, examples, run.collate, 7, torch.device("cpu"), rerank_k=3, counter=counter)
+    n = len(examples)
+    assert calls["pairs"] == counter.pairs == 2 * n * 3  # N x k per direction, never N x N
+    plain = evaluate_retrieval(model, examples, run.collate, 7, torch.device("cpu"))
+    assert calls["pairs"] == 2 * n * 3  # embedding-only evaluation never fuses
+    # re-ranking only reorders the top-k: R@K for K >= k is unchanged
+    assert report["itm_reranked"]["i2t"]["R@5"] == plain["i2t"]["R@5"]
+    assert report["i2t"] == plain["i2t"]
