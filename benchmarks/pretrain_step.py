@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--m3ae-itm-pairs", choices=["B", "2B"], default="B",
                    help="B: M3AE's released compute_itm (B pairs, half with a wrong image); 2B: B pos + B neg")
+    p.add_argument("--fused-adamw", action="store_true", help="fused AdamW on CPU too (the trainer: CUDA only)")
     p.add_argument("--matmul-size", type=int, default=None, help="default 2048 on CPU, 8192 on CUDA")
     p.add_argument("--no-memory", action="store_true", help="skip the per-kind memory subprocesses")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MPMA step")
@@ -97,8 +99,11 @@ def build(preset: str, args, tokenizer, device: torch.device):
     torch.manual_seed(0)
     model = MPMAModel(config, vocab_size=vocab, pad_token_id=tokenizer.pad_token_id)
     task = PretrainTask(model, config, tokenizer.mask_token_id, vocab).to(device).train()
-    default = {"tiny": args.batch_tiny, "base": args.batch_base or (64 if device.type == "cuda" else 2)}
-    return config, task, default.get(preset, config.data.batch_size), vocab
+    batch_size = {"tiny": args.batch_tiny, "base": args.batch_base or (64 if device.type == "cuda" else 2)}
+    batch_size = batch_size.get(preset, config.data.batch_size)
+    if batch_size < 2:
+        raise SystemExit("batch size must be at least 2 (in-batch negatives)")
+    return config, task, batch_size, vocab
 
 
 def synthetic_batch(config, batch_size: int, tokenizer, vocab: int, device: torch.device) -> dict:
@@ -164,9 +169,10 @@ def m3ae_losses(task: PretrainTask, batch: dict, g: torch.Generator, itm_pairs: 
 
 def make_steps(task: PretrainTask, batch: dict, args) -> dict:
     """One optimizer step per kind: zero_grad, forward (autocast) + summed losses, backward, clip, AdamW."""
-    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
     device = batch["images"].device
+    # As the trainer: fused AdamW on CUDA, torch's default (foreach) on CPU unless --fused-adamw.
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5, fused=device.type == "cuda" or args.fused_adamw)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
     gens = {kind: torch.Generator().manual_seed(i) for i, kind in enumerate(KINDS)}
     fns = {"mpma": mpma_losses, "m3ae": lambda t, b, g: m3ae_losses(t, b, g, args.m3ae_itm_pairs)}
 
@@ -203,16 +209,18 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def peak_memory(device: torch.device) -> int:
-    """Bytes: CUDA max_memory_allocated, or this process's peak RSS (VmHWM; ru_maxrss as fallback)."""
+def peak_memory(device: torch.device) -> dict:
+    """Bytes: ``peak`` = CUDA max_memory_allocated, or this process's peak RSS: VmHWM of its own
+    address space where /proc exists, else ru_maxrss (which after fork+exec starts at the parent's peak)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated()
+        return {"peak": torch.cuda.max_memory_allocated(), "ru_maxrss": maxrss}
     try:
         with open("/proc/self/status") as status:
-            return int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) * 1024
+            hwm = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
     except (OSError, StopIteration):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        hwm = maxrss
+    return {"peak": hwm, "ru_maxrss": maxrss}
 
 
 def memory_probe(args, device: torch.device) -> None:
@@ -222,10 +230,10 @@ def memory_probe(args, device: torch.device) -> None:
     tokenizer = load_tokenizer(args.tokenizer)
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
     step = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)[kind]
-    before = peak_memory(device)
-    for _ in range(2):
+    before = peak_memory(device)["peak"]
+    for _ in range(2):  # the second step holds parameters, gradients, AdamW state and activations at once
         step()
-    print("PROBE " + json.dumps({"before": before, "peak": peak_memory(device)}))
+    print("PROBE " + json.dumps({"before": before, **peak_memory(device)}))
 
 
 def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dict:
@@ -239,53 +247,55 @@ def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dic
     return json.loads(lines[-1][6:])
 
 
-def benchmark_preset(preset: str, args, tokenizer, device: torch.device, peaks: dict) -> list[dict]:
-    """Interleaved timing of both step kinds; returns one row per kind."""
+def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory: dict, matmul_dtype) -> list[dict]:
+    """Interleaved timing of both step kinds, with a matmul FLOP/s sample after each repetition."""
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
     steps = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)
     warmup = args.warmup if args.warmup is not None else (3 if preset == "tiny" else 2)
     repeats = args.repeats if args.repeats is not None else (10 if preset == "tiny" else 3)
     flops = {kind: count_flops(steps[kind]) for kind in KINDS}  # also serves as the first warm-up
-    times = {kind: [] for kind in KINDS}
+    times, matmul = {kind: [] for kind in KINDS}, [matmul_flops(device, matmul_dtype, args.matmul_size)]
     for rep in range(max(0, warmup - 1) + repeats):
         for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:
             seconds = timed(steps[kind], device)
             if rep >= warmup - 1:
                 times[kind].append(seconds)
-        peaks["matmul"].append(matmul_flops(device, peaks["dtype"], peaks["size"]))
+        matmul.append(matmul_flops(device, matmul_dtype, args.matmul_size))
     if args.profile and preset == args.presets[0]:
         from torch.profiler import profile
         with profile() as prof:
             steps["mpma"]()
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25))
-    params = sum(p.numel() for p in task.parameters())
+    params, matmul = sum(p.numel() for p in task.parameters()), statistics.median(matmul)
     rows = []
     for kind in KINDS:
         seconds = statistics.median(times[kind])
         rows.append({"preset": preset, "batch": batch_size, "kind": kind, "s_per_step": seconds,
                      "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
-                     "flop_per_s": flops[kind] / seconds, "times": times[kind], "parameters": params,
+                     "flop_per_s": flops[kind] / seconds, "matmul_flop_per_s": matmul,
+                     "mfu": flops[kind] / seconds / matmul, "times": times[kind], "parameters": params,
                      "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
-                     "peak_memory": peaks.get((kind, preset), {}).get("peak"),
-                     "memory_before_steps": peaks.get((kind, preset), {}).get("before")})
+                     "peak_memory": memory.get((kind, preset), {}).get("peak"),
+                     "memory_before_steps": memory.get((kind, preset), {}).get("before"),
+                     "ru_maxrss": memory.get((kind, preset), {}).get("ru_maxrss")})
     return rows
 
 
-def print_table(rows: list[dict], matmul: float, dtype: torch.dtype) -> None:
-    header = f"{'preset':<7}{'batch':>6} {'step':<6}{'s/step':>9}{'samples/s':>11}{'peak mem':>11}" \
-             f"{'GFLOP/step':>12}{'GFLOP/s':>10}{'% matmul':>10}"
+def print_table(rows: list[dict], dtype: torch.dtype) -> None:
+    """One line per (preset, step kind), then the MPMA/M3AE ratios and the matmul references."""
+    header = (f"{'preset':<7}{'batch':>6} {'step':<6}{'s/step':>9}{'samples/s':>11}{'peak mem':>11}"
+              f"{'GFLOP/step':>12}{'GFLOP/s':>10}{'% matmul':>10}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
         mem = f"{r['peak_memory'] / 2**30:.2f} GiB" if r["peak_memory"] else "n/a"
         print(f"{r['preset']:<7}{r['batch']:>6} {r['kind']:<6}{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}"
-              f"{mem:>11}{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>10.1f}"
-              f"{100 * r['flop_per_s'] / matmul:>9.1f}%")
+              f"{mem:>11}{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>10.1f}{100 * r['mfu']:>9.1f}%")
     for mpma, m3ae in zip(rows[::2], rows[1::2]):
-        memory = (f", memory MPMA/M3AE {mpma['peak_memory'] / m3ae['peak_memory']:.2f}"
+        memory = (f", peak memory MPMA/M3AE {mpma['peak_memory'] / m3ae['peak_memory']:.2f}"
                   if mpma["peak_memory"] and m3ae["peak_memory"] else "")
-        print(f"{mpma['preset']}: speed MPMA/M3AE {m3ae['s_per_step'] / mpma['s_per_step']:.2f}x{memory}")
-    print(f"matmul reference ({str(dtype).split('.')[-1]}): {matmul / 1e9:.1f} GFLOP/s (median)")
+        print(f"{mpma['preset']}: speed MPMA/M3AE {m3ae['s_per_step'] / mpma['s_per_step']:.2f}x{memory}; "
+              f"{str(dtype).split('.')[-1]} matmul {mpma['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s (median)")
 
 
 def main(argv=None) -> None:
@@ -293,30 +303,31 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    args.matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     if args.probe:
         return memory_probe(args, device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(tmp)
-        # Probes first, while this process is small (a child's ru_maxrss starts at its parent's).
-        peaks = {} if args.no_memory else {(k, p): probe_in_subprocess(args, k, p, f"{tmp}/tokenizer")
-                                           for p in args.presets for k in KINDS}
-        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-        peaks.update(matmul=[matmul_flops(device, dtype, size)], dtype=dtype, size=size)
-        rows = [row for p in args.presets for row in benchmark_preset(p, args, tokenizer, device, peaks)]
-    matmul = statistics.median(peaks["matmul"])
-    fp32 = matmul if dtype == torch.float32 else matmul_flops(device, torch.float32, size)
+        # Probes first, while this process is still small.
+        memory = {} if args.no_memory else {(k, p): probe_in_subprocess(args, k, p, f"{tmp}/tokenizer")
+                                            for p in args.presets for k in KINDS}
+        rows = [row for p in args.presets for row in benchmark_preset(p, args, tokenizer, device, memory, dtype)]
+    fp32 = matmul_flops(device, torch.float32, args.matmul_size) if dtype != torch.float32 else None
     print(f"\ndevice {device}, precision {args.precision}, threads {torch.get_num_threads()}, "
-          f"M3AE ITM pairs {args.m3ae_itm_pairs}; memory: " + ("CUDA max_memory_allocated" if device.type == "cuda"
-          else "peak RSS (VmHWM) of a fresh subprocess per step kind: build + 2 steps"))
-    print_table(rows, matmul, dtype)
+          f"M3AE ITM pairs {args.m3ae_itm_pairs}, fused AdamW {device.type == 'cuda' or args.fused_adamw}; "
+          "peak mem: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+                          else "peak RSS (VmHWM) of a fresh process per step kind (build + 2 steps)"))
+    print_table(rows, dtype)
+    if fp32:
+        print(f"fp32 matmul (end of run): {fp32 / 1e9:.1f} GFLOP/s")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"device": str(device), "precision": args.precision, "threads": torch.get_num_threads(),
                        "torch": torch.__version__, "m3ae_itm_pairs": args.m3ae_itm_pairs,
-                       "matmul_flop_per_s": matmul, "matmul_fp32_flop_per_s": fp32, "matmul_size": size,
-                       "overrides": {"tiny": args.tiny_overrides, "base": args.base_overrides}, "rows": rows},
-                      out, indent=2)
+                       "fused_adamw": device.type == "cuda" or args.fused_adamw, "matmul_size": args.matmul_size,
+                       "matmul_fp32_flop_per_s_at_end": fp32, "rows": rows,
+                       "overrides": {"tiny": args.tiny_overrides, "base": args.base_overrides}}, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -139,3 +138,19 @@ def test_two_process_ddp_pretrain_on_cpu(micro_overrides, mpma_env, tmp_path) ->
     summary = json.loads((run / "summary.json").read_text())
     assert {"mlm", "mim", "global_align", "local_align", "itm"} <= set(summary["losses"])
     assert "i2t" in summary["retrieval"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("ablation", [["objectives.itm=0"], ["objectives.global_align=0"]], ids=["no-itm", "no-global"])
+def test_ddp_ablations_with_a_loss_switched_off(micro_overrides, mpma_env, tmp_path, ablation) -> None:
+    """Switching a loss off must not leave DDP waiting for gradients of parameters nothing used."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mpma.cli",
+        "pretrain", "--out", str(run), "--no-progress", *micro_overrides, *ablation,
+        "optim.steps=2", "run.log_every=1", "run.device=cpu", "data.batch_size=8",
+    ]
+    proc = subprocess.run(command, env={**mpma_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (run / "summary.json").exists()

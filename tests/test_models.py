@@ -49,8 +49,8 @@ def test_tiny_preset_shapes_of_every_module(tiny_model: MPMAModel, tiny_batch: d
     assert fused.pooled.shape == (b, 2 * df)
     assert fused.attention.shape == (b, t, 1 + k)
     # head-averaged attention rows are distributions over the image tokens (memory read-out folded in)
-    rows = fused.attention.sum(-1)
-    assert torch.all(rows > 0.99) and torch.all(rows < 2.01)
+    torch.testing.assert_close(fused.attention.sum(-1), torch.ones(b, t))
+    assert torch.all(fused.attention >= 0)
 
     assert tiny_model.itm_logits(fused.pooled).shape == (b, 2)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpma.cli import main
 from mpma.data.text import cached_tokenizer, load_tokenizer, read_corpus, tokenize, train_tokenizer
@@ -159,15 +160,9 @@ def test_tokenize_batch_fields(tokenizer) -> None:
     assert (batch["special_tokens_mask"][padding] == 1).all()  # padding counts as special (never masked)
     cls_sep = (batch["input_ids"] == tokenizer.cls_token_id) | (batch["input_ids"] == tokenizer.sep_token_id)
     assert (batch["special_tokens_mask"][cls_sep] == 1).all()
-    assert torch_equal(batch["word_ids"] < 0, batch["special_tokens_mask"] == 1)
+    assert torch.equal(batch["word_ids"] < 0, batch["special_tokens_mask"] == 1)
     # word ids count words from 0 in each sequence
     assert batch["word_ids"][0, 1].item() == 0
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
 
 
 def test_train_tokenizer_returns_a_loaded_tokenizer(tmp_path) -> None:

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vocab-size", type=int, default=8000)
     train.add_argument("--cased", action="store_true", help="keep case (default: lower-case)")
     train.set_defaults(func=cmd_tokenizer_train)
+    from mpma.cli_models import register as register_model_commands
+
+    register_model_commands(commands)  # convert, predict
     return parser
 
 

@@ -41,7 +41,10 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     mask_ratio: float = 0.75  # share of patches hidden from the encoder during pre-training
     drop_path: float = 0.0
-    init: str | None = None  # local path of weights to start from
+    init: str | None = None  # local path of weights to start from (CLIP folder/file or an mpma model)
+    pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's ln_pre)
+    activation: str = "gelu"  # MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP)
+    norm_eps: float = 1e-6  # LayerNorm epsilon (CLIP: 1e-5)
 
 
 @dataclass

@@ -74,6 +74,8 @@ class Trainer:
         run_dir: output folder (rank 0 writes ``log.jsonl`` and ``checkpoints/``).
         env: distributed environment; with world size > 1 the task is wrapped in DDP.
         on_checkpoint: called on rank 0 after each checkpoint with the step (e.g. to draw curves).
+        find_unused_parameters: let DDP tolerate parameters that get no gradient (e.g. the fusion
+            poolers when no loss reads the pooled output); slower, so only when needed.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Trainer:
         run_dir: str | Path,
         env: DistEnv,
         on_checkpoint: Callable[[int], None] | None = None,
+        find_unused_parameters: bool = False,
     ) -> None:
         self.task = task
         self.loss_weights = loss_weights
@@ -103,7 +106,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [env.device.index] if env.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(task, device_ids=ids)
+            self.wrapped = DistributedDataParallel(task, device_ids=ids, find_unused_parameters=find_unused_parameters)
         self.step = 0
         precision = run.precision
         if precision not in ("fp32", "bf16", "fp16"):

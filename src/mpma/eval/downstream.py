@@ -139,7 +139,7 @@ def evaluate_zero_shot(model, examples, collate, tokenizer, labels: list[str], p
     """Classify images by cosine similarity to the embedded prompt of each label (no training)."""
     from mpma.data.text import tokenize
 
-    if model.align is None:
+    if not model.has_global_alignment:
         raise ValueError("zero-shot classification needs the GLA alignment head (objectives.global_align > 0)")
     was_training = model.training
     model.eval()

@@ -81,13 +81,14 @@ class AlignmentHeads(nn.Module):
     """GLA projections into the shared embedding space and the learnable InfoNCE temperature.
 
     ``global_*`` map a pooled unimodal feature (B, D) to (B, A); ``local_*`` map token features
-    (B, N, D) to (B, N, A). All outputs are L2-normalised by the caller's objective.
+    (B, N, D) to (B, N, A). Parts whose loss is off are not built (None). All outputs are L2-normalised by the caller's objective.
     """
 
-    def __init__(self, image_width: int, text_width: int, dim: int, temperature: float, local: bool) -> None:
+    def __init__(self, image_width: int, text_width: int, dim: int, temperature: float, local: bool,
+                 global_: bool = True) -> None:
         super().__init__()
-        self.global_image = nn.Linear(image_width, dim, bias=False)
-        self.global_text = nn.Linear(text_width, dim, bias=False)
+        self.global_image = nn.Linear(image_width, dim, bias=False) if global_ else None
+        self.global_text = nn.Linear(text_width, dim, bias=False) if global_ else None
         self.local_image = nn.Linear(image_width, dim, bias=False) if local else None
         self.local_text = nn.Linear(text_width, dim, bias=False) if local else None
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))

@@ -63,13 +63,25 @@ class MPMAModel(nn.Module):
         self.config = config
         objectives = config.objectives
         self.vision = VisionTransformer(config.vision)
+        self.init_reports: dict = {}  # what vision.init loading mapped, resized and ignored
+        if config.vision.init:
+            import logging
+
+            from mpma.models.convert import load_vision_weights
+
+            self.init_reports["vision"] = load_vision_weights(self.vision, config.vision.init)
+            logging.getLogger("mpma").info(self.init_reports["vision"].summary())
         self.text = TextEncoder(config.text, vocab_size, pad_token_id)
+        encoder_vocab = self.text.word_embeddings().num_embeddings
+        if config.text.init and vocab_size > encoder_vocab:
+            raise ValueError(f"the tokenizer has {vocab_size} tokens but text.init={config.text.init} embeds only "
+                             f"{encoder_vocab}: set text.tokenizer to the tokenizer of that checkpoint")
         self.fusion = CoAttentionFusion(config.fusion, self.text.width, self.vision.width)
         self.align = None
         if objectives.global_align > 0 or objectives.local_align > 0:
             self.align = AlignmentHeads(
                 self.vision.width, self.text.width, objectives.align_dim, objectives.temperature,
-                local=objectives.local_align > 0,
+                local=objectives.local_align > 0, global_=objectives.global_align > 0,
             )
         self.mlm_head = MLMHead(config.fusion.width, vocab_size) if objectives.mlm > 0 else None
         patch_pixels = config.vision.patch_size**2 * config.vision.channels
@@ -78,6 +90,11 @@ class MPMAModel(nn.Module):
             if objectives.mim > 0 else None
         )
         self.itm_head = ClassifierHead(2 * config.fusion.width, 2) if objectives.itm > 0 else None
+
+    @property
+    def has_global_alignment(self) -> bool:
+        """True when the GLA-global projections exist (retrieval and zero-shot need them)."""
+        return self.align is not None and self.align.global_image is not None
 
     # ---------------------------------------------------------------- unimodal features
 
@@ -156,8 +173,9 @@ class MPMAModel(nn.Module):
         text = self.encode_text(input_ids, attention_mask)
         out = MPMAOutput(vision=vision, text=text, fusion=None)  # type: ignore[arg-type]
         if self.align is not None:
-            out.image_embed = self.image_embedding(vision)
-            out.text_embed = self.text_embedding(text, attention_mask)
+            if self.align.global_image is not None:
+                out.image_embed = self.image_embedding(vision)
+                out.text_embed = self.text_embedding(text, attention_mask)
             if self.align.local_image is not None:
                 out.image_local = F.normalize(self.align.local_image(vision.tokens[:, 1:]), dim=-1)
                 out.text_local = F.normalize(self.align.local_text(text), dim=-1)

@@ -102,7 +102,12 @@ class VisionOutput:
 
 
 class VisionTransformer(nn.Module):
-    """ViT encoder: patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm."""
+    """ViT encoder: patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm.
+
+    With ``pre_norm``, ``activation="quick_gelu"`` and ``norm_eps=1e-5`` it computes exactly a CLIP
+    ViT (weights mapped by :mod:`mpma.models.convert`); ``tokens`` then equal CLIP's last hidden
+    state passed through its post-LayerNorm (for every token, not only CLS).
+    """
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -114,8 +119,11 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(config.channels, config.width, config.patch_size, config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, config.width))
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(config.width, eps=1e-6)
+        # CLIP normalises the embeddings before the first block; None keeps the state dict unchanged.
+        self.norm_pre = nn.LayerNorm(config.width, eps=config.norm_eps) if config.pre_norm else None
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, config.activation, config.norm_eps)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
@@ -162,6 +170,8 @@ class VisionTransformer(nn.Module):
             x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
         cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
         x = torch.cat([cls, x], dim=1)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
         for block in self.blocks:
             x = block(x)
         return VisionOutput(self.norm(x), ids_keep, mask, ids_restore, grid)

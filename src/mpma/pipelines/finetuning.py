@@ -117,7 +117,7 @@ class FinetuneRun:
         texts = lambda: [e.get("question") or e.get("text") or "" for e in self.data.splits["train"]]  # noqa: E731
         self.backbone_config, self.tokenizer, self.backbone = load_backbone(config, texts)
         self.fresh_alignment = False
-        if config.task == "retrieval" and self.backbone.align is None and config.epochs > 0:
+        if config.task == "retrieval" and not self.backbone.has_global_alignment and config.epochs > 0:
             # e.g. an M3AE-style backbone: retrieval fine-tuning starts a new GLA-global projection.
             from mpma.models.heads import AlignmentHeads
 

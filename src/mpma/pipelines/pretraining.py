@@ -134,7 +134,9 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         model = task.model
         groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
                                   {f"model.{n}" for n in model.no_weight_decay()})
-        trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env)
+        # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
+        trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
+                          find_unused_parameters=model.itm_head is None)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             trainer.resume(latest)
@@ -183,7 +185,7 @@ def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Con
     """Zero-shot retrieval on held-out pairs; a hit is an item with the same grouping key."""
     from mpma.eval.retrieval import embed_dataset, retrieval_report
 
-    if model.align is None:
+    if not model.has_global_alignment:
         return {"skipped": "no GLA alignment head in this configuration (objectives.global_align=0)"}
     if data.held_out is None:
         return {"skipped": "the manifest has no 'val' split"}

@@ -127,7 +127,7 @@ class RetrievalTrainer(nn.Module):
 
     def __init__(self, backbone: MPMAModel, use_itm: bool = False) -> None:
         super().__init__()
-        if backbone.align is None:
+        if not backbone.has_global_alignment:
             raise ValueError("retrieval needs the GLA alignment head: this backbone was built with "
                              "objectives.global_align=0; fine-tune from a run with global alignment or from scratch")
         if use_itm and backbone.itm_head is None:
