@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from mpma.config import load_config
 from mpma.data.synthrad import sample_findings
 from mpma.data.synthrad_text import build_report
-from mpma.data.text import mask_tokens, train_tokenizer
+from mpma.data.text import load_tokenizer, mask_tokens, train_tokenizer
 from mpma.models.mpma import MPMAModel
 from mpma.objectives.matching import itm_loss
 from mpma.objectives.reconstruction import mim_loss, mlm_loss
@@ -40,12 +40,10 @@ from mpma.tasks.pretrain import PretrainTask
 M3AE_IMAGE_MASK = 0.75  # M3AE's MIM pass hides 75% of the patches (whatever the preset's ratio)
 KINDS = ("mpma", "m3ae")
 aten = torch.ops.aten
-# FlopCounterMode has no formula for the CPU flash-attention kernels that SDPA dispatches to on CPU.
-CPU_SDPA_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
-}
+# FlopCounterMode has no formula for the flash-attention kernels that SDPA dispatches to on CPU.
+CPU_SDPA_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
+                  aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                  lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-base", type=int, default=None, help="default 2 on CPU, 64 on CUDA")
     p.add_argument("--tiny-overrides", nargs="*", default=[])
     p.add_argument("--base-overrides", nargs="*", default=[], help="e.g. vision.image_size=288 text.max_length=64")
-    p.add_argument("--repeats", type=int, default=None, help="measured repetitions (default tiny 10, base 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default tiny 3, base 2)")
+    p.add_argument("--repeats", type=int, default=None, help="measured repetitions (default tiny 7, base 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions, the FLOP-counted step included (default 2)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
@@ -70,15 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: "KIND:PRESET" memory probe
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)  # internal: tokenizer folder for probes
     return p.parse_args(argv)
-
-
-def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_tokenizer(out_dir: str, n_reports: int = 400):
@@ -125,11 +114,6 @@ def synthetic_batch(config, batch_size: int, tokenizer, vocab: int, device: torc
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def mpma_losses(task: PretrainTask, batch: dict, g: torch.Generator) -> dict:
-    """The MPMA step: one pass over the masked pair yields all five losses."""
-    return task(batch, g).losses
-
-
 def m3ae_losses(task: PretrainTask, batch: dict, g: torch.Generator, itm_pairs: str = "B") -> dict:
     """The M3AE step as M3AE ran it: a masked-text pass, a masked-image pass and an ITM pass.
 
@@ -174,7 +158,8 @@ def make_steps(task: PretrainTask, batch: dict, args) -> dict:
     optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5, fused=device.type == "cuda" or args.fused_adamw)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     gens = {kind: torch.Generator().manual_seed(i) for i, kind in enumerate(KINDS)}
-    fns = {"mpma": mpma_losses, "m3ae": lambda t, b, g: m3ae_losses(t, b, g, args.m3ae_itm_pairs)}
+    # MPMA: PretrainTask.forward, one pass over the masked pair -> all five losses.
+    fns = {"mpma": lambda t, b, g: t(b, g).losses, "m3ae": lambda t, b, g: m3ae_losses(t, b, g, args.m3ae_itm_pairs)}
 
     def step(kind: str) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -187,11 +172,17 @@ def make_steps(task: PretrainTask, batch: dict, args) -> dict:
     return {kind: (lambda kind=kind: step(kind)) for kind in KINDS}
 
 
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def timed(fn, device: torch.device) -> float:
-    sync(device)
+    """Wall seconds of ``fn()``, synchronising CUDA before and after."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
-    sync(device)
+    sync()
     return time.perf_counter() - start
 
 
@@ -226,7 +217,6 @@ def peak_memory(device: torch.device) -> dict:
 def memory_probe(args, device: torch.device) -> None:
     """Subprocess entry: build ``PRESET``, run two ``KIND`` steps, print the peak memory as JSON."""
     kind, preset = args.probe.split(":")
-    from mpma.data.text import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer)
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
     step = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)[kind]
@@ -238,7 +228,8 @@ def memory_probe(args, device: torch.device) -> None:
 
 def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dict:
     """Run :func:`memory_probe` in a fresh interpreter (its peak is its own, not this process's)."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--probe", f"{kind}:{preset}", "--tokenizer", tokenizer_dir]
+    log(f"memory probe: {kind} step, {preset}")
+    command = [sys.executable, __file__, *args.argv, "--probe", f"{kind}:{preset}", "--tokenizer", tokenizer_dir]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [l for l in done.stdout.splitlines() if l.startswith("PROBE ")]
     if done.returncode or not lines:
@@ -251,15 +242,15 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
     """Interleaved timing of both step kinds, with a matmul FLOP/s sample after each repetition."""
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
     steps = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)
-    warmup = args.warmup if args.warmup is not None else (3 if preset == "tiny" else 2)
-    repeats = args.repeats if args.repeats is not None else (10 if preset == "tiny" else 3)
+    warmup = args.warmup if args.warmup is not None else 2
+    repeats = args.repeats if args.repeats is not None else (7 if preset == "tiny" else 3)
     flops = {kind: count_flops(steps[kind]) for kind in KINDS}  # also serves as the first warm-up
     times, matmul = {kind: [] for kind in KINDS}, [matmul_flops(device, matmul_dtype, args.matmul_size)]
     for rep in range(max(0, warmup - 1) + repeats):
-        for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:
+        log(f"{preset}: repetition {rep + 1} of {max(0, warmup - 1) + repeats} ({warmup} warm-up incl. FLOP count)")
+        for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:  # alternate the order: drift hits both
             seconds = timed(steps[kind], device)
-            if rep >= warmup - 1:
-                times[kind].append(seconds)
+            times[kind] += [seconds] if rep >= warmup - 1 else []
         matmul.append(matmul_flops(device, matmul_dtype, args.matmul_size))
     if args.profile and preset == args.presets[0]:
         from torch.profiler import profile
@@ -268,13 +259,15 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25))
     params, matmul = sum(p.numel() for p in task.parameters()), statistics.median(matmul)
+    ratio = statistics.median(m3ae / mpma for mpma, m3ae in zip(times["mpma"], times["m3ae"]))
     rows = []
     for kind in KINDS:
         seconds = statistics.median(times[kind])
         rows.append({"preset": preset, "batch": batch_size, "kind": kind, "s_per_step": seconds,
                      "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
                      "flop_per_s": flops[kind] / seconds, "matmul_flop_per_s": matmul,
-                     "mfu": flops[kind] / seconds / matmul, "times": times[kind], "parameters": params,
+                     "mfu": flops[kind] / seconds / matmul, "speed_ratio_mpma_over_m3ae": ratio,
+                     "times": times[kind], "parameters": params,
                      "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
                      "peak_memory": memory.get((kind, preset), {}).get("peak"),
                      "memory_before_steps": memory.get((kind, preset), {}).get("before"),
@@ -294,15 +287,18 @@ def print_table(rows: list[dict], dtype: torch.dtype) -> None:
     for mpma, m3ae in zip(rows[::2], rows[1::2]):
         memory = (f", peak memory MPMA/M3AE {mpma['peak_memory'] / m3ae['peak_memory']:.2f}"
                   if mpma["peak_memory"] and m3ae["peak_memory"] else "")
-        print(f"{mpma['preset']}: speed MPMA/M3AE {m3ae['s_per_step'] / mpma['s_per_step']:.2f}x{memory}; "
+        print(f"{mpma['preset']}: speed MPMA/M3AE {mpma['speed_ratio_mpma_over_m3ae']:.2f}x "
+              f"(median of per-repetition ratios){memory}; "
               f"{str(dtype).split('.')[-1]} matmul {mpma['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s (median)")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
     args.matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     if args.probe:
         return memory_probe(args, device)
@@ -316,7 +312,7 @@ def main(argv=None) -> None:
     fp32 = matmul_flops(device, torch.float32, args.matmul_size) if dtype != torch.float32 else None
     print(f"\ndevice {device}, precision {args.precision}, threads {torch.get_num_threads()}, "
           f"M3AE ITM pairs {args.m3ae_itm_pairs}, fused AdamW {device.type == 'cuda' or args.fused_adamw}; "
-          "peak mem: " + ("CUDA max_memory_allocated" if device.type == "cuda"
+          "peak mem: " + ("not measured" if args.no_memory else "CUDA max_memory_allocated" if device.type == "cuda"
                           else "peak RSS (VmHWM) of a fresh process per step kind (build + 2 steps)"))
     print_table(rows, dtype)
     if fp32:

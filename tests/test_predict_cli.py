@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpma.cli import main
 
@@ -25,7 +26,7 @@ SMALL_DATA = ["data.train_size=16", "data.val_size=8", "data.test_size=8", "data
 def vqa_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("predict")
     preset = root / "micro.yaml"
-    preset.write_text(MICRO_PRESET)
+    preset.write_text(MICRO_PRESET + "data: {train_size: 64}\n")  # the tokenizer is trained on 64 reports
     out = root / "vqa-run"
     assert main(["finetune", "vqa", "--out", str(out), "--no-progress", f"preset={preset}", *SMALL_DATA]) == 0
     return out
@@ -122,3 +123,27 @@ def test_console_script_predicts(vqa_run, synth, venv_bin, mpma_env):
                            "--device", "cpu"], capture_output=True, text=True, env=mpma_env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["answers"]
+
+
+def test_pretraining_run_exports_to_a_backbone_folder(tmp_path, synth, capsys):
+    from safetensors.torch import load_file
+
+    from mpma.engine.checkpoint import latest_checkpoint
+    from mpma.pretrained import from_pretrained
+
+    preset = tmp_path / "micro.yaml"
+    preset.write_text(MICRO_PRESET + "optim: {steps: 2, warmup_steps: 1}\nrun: {checkpoint_every: 2, eval_size: 16}\n"
+                      "data: {train_size: 64, batch_size: 8}\n")
+    run = tmp_path / "pre"
+    assert main(["pretrain", "--config", str(preset), "--out", str(run), "--no-progress"]) == 0
+    assert main(["convert", "--run", str(run), "--out", str(tmp_path / "model")]) == 0
+    loaded = from_pretrained(tmp_path / "model")
+    assert loaded.task is None and loaded.backbone.mlm_head is not None  # pre-training heads are kept
+    saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    for key, value in loaded.backbone.state_dict().items():
+        assert torch.equal(value, saved["model." + key]), key
+    assert "data `synthrad`, 2 steps" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    image = str(synth / "images" / "train_000000.png")
+    assert main(["predict", "zero-shot", "--model", str(run), "--image", image, "--labels", "a", "b"]) == 0
+    assert set(_json(capsys)["probabilities"]) == {"a", "b"}

@@ -184,3 +184,23 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"vision": {}}))
     with pytest.raises(ValueError, match="not an mpma model folder"):
         from_pretrained(tmp_path)
+
+
+def test_alignment_parts_are_rebuilt_as_saved(tmp_path, micro_config, tokenizer, batch):
+    """A local-only GLA head (global_align=0), then a fresh global-only one (retrieval from an M3AE-style backbone)."""
+    from mpma.models.heads import AlignmentHeads
+    from mpma.models.mpma import MPMAModel
+
+    torch.manual_seed(0)
+    model = MPMAModel(micro_config("objectives.global_align=0"), len(tokenizer), tokenizer.pad_token_id).eval()
+    assert model.align.global_image is None and model.align.local_image is not None
+    loaded = from_pretrained(save_pretrained(model, tmp_path / "local", tokenizer))
+    assert loaded.backbone.align.global_image is None
+    for got, want in zip(_outputs(loaded.module, batch), _outputs(model, batch)):
+        assert (got is None and want is None) or torch.equal(got, want)  # no global embeddings
+    model.align = AlignmentHeads(32, 32, 16, 0.07, local=False)  # what FinetuneRun adds for retrieval
+    module = RetrievalTrainer(model).eval()
+    loaded = from_pretrained(save_pretrained(module, tmp_path / "fresh", tokenizer, task={"task": "retrieval"}))
+    assert loaded.backbone.align.local_image is None and loaded.backbone.has_global_alignment
+    with torch.no_grad():
+        assert torch.equal(loaded.backbone.embed_image(batch["images"]), model.embed_image(batch["images"]))

@@ -143,8 +143,8 @@ class Predictor:
                              f"fine-tuned for {' or '.join(tasks)}")
 
     def _require_alignment(self) -> None:
-        if self.backbone.align is None:
-            raise ValueError("this model has no GLA alignment head (pre-trained with objectives.global_align=0): "
+        if not self.backbone.has_global_alignment:
+            raise ValueError("this model has no GLA-global alignment head (pre-trained with objectives.global_align=0): "
                              "embeddings, retrieval and zero-shot need one")
 
     # ------------------------------------------------------------------ embeddings

@@ -9,6 +9,7 @@ Folder layout::
     tokenizer/         the Hugging Face tokenizer files
     task.json          task models: task, classes (answer vocabulary / label names), head settings
     metrics.json       evaluation results, when known
+    provenance.json    how it was made (pre-training data and steps, fine-tuning run, converted sources)
     MODEL_CARD.md      architecture, training data and steps, results, intended use and limits
 
 Loading is strict (a missing or unexpected key is an error naming every one) and never unpickles:
@@ -148,6 +149,7 @@ def save_pretrained(
         "backbone": config.to_dict(),
         "text_encoder": backbone.text.encoder.config.to_dict(),
         "backbone_modules": sorted(name for name in _BACKBONE_MODULES if getattr(backbone, name) is not None),
+        "align_global": backbone.align is not None and backbone.align.global_image is not None,
         "align_local": backbone.align is not None and backbone.align.local_image is not None,
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
@@ -195,7 +197,7 @@ def _sync_text_config(config: Config, text_encoder: dict) -> None:
 
 
 def build_backbone(config: Config, vocab_size: int, pad_token_id: int, text_encoder: dict | None = None,
-                   modules: list[str] | None = None, align_local: bool = True) -> nn.Module:
+                   modules: list[str] | None = None, align_global: bool = True, align_local: bool = True) -> nn.Module:
     """An MPMAModel with the given architecture and random weights; nothing is read from ``*.init`` paths.
 
     Args:
@@ -203,6 +205,7 @@ def build_backbone(config: Config, vocab_size: int, pad_token_id: int, text_enco
             positions, eps); None builds it from ``config.text``.
         modules: optional heads present (``align``, ``itm_head``, ``mlm_head``, ``mim_decoder``); None keeps
             those the config's objectives build.
+        align_global, align_local: which GLA projections the ``align`` module has (with ``modules``).
     """
     from mpma.models.heads import AlignmentHeads
     from mpma.models.mpma import MPMAModel
@@ -221,10 +224,13 @@ def build_backbone(config: Config, vocab_size: int, pad_token_id: int, text_enco
         for name in _BACKBONE_MODULES:
             if name not in modules:
                 setattr(model, name, None)
-        if "align" in modules and model.align is None:  # e.g. retrieval fine-tuned from an M3AE-style backbone
+        align = model.align
+        parts = (align is not None and align.global_image is not None, align is not None and align.local_image is not None)
+        if "align" in modules and parts != (align_global, align_local):
+            # e.g. a GLA-global projection started by retrieval fine-tuning of an M3AE-style backbone
             objectives = config.objectives
             model.align = AlignmentHeads(model.vision.width, model.text.width, objectives.align_dim,
-                                         objectives.temperature, local=align_local)
+                                         objectives.temperature, local=align_local, global_=align_global)
         unknown = set(modules) - set(_BACKBONE_MODULES)
         if unknown or any(getattr(model, name) is None for name in modules):
             raise ValueError(f"cannot build backbone modules {sorted(modules)} from this config")
@@ -309,7 +315,7 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     config = config_from_dict(meta["backbone"])
     tokenizer = load_tokenizer(folder / "tokenizer")
     backbone = build_backbone(config, meta["vocab_size"], meta["pad_token_id"], meta.get("text_encoder"),
-                              meta.get("backbone_modules"), meta.get("align_local", True))
+                              meta.get("backbone_modules"), meta.get("align_global", True), meta.get("align_local", True))
     task = _read_json(folder / "task.json") if (folder / "task.json").exists() else None
     module = build_task_module(backbone, task)
     load_weights_strict(module, folder / WEIGHTS)
@@ -335,7 +341,9 @@ def _load_finetune_run(run_dir: Path) -> PretrainedModel:
     backbone_config = config_from_dict(_read_json(run_dir / "backbone.json"))
     meta = _read_json(run_dir / "task.json")
     tokenizer = load_tokenizer(run_dir / "tokenizer")
+    vision_init, backbone_config.vision.init = backbone_config.vision.init, None  # every vision weight is loaded below
     backbone = MPMAModel(backbone_config, len(tokenizer), tokenizer.pad_token_id)
+    backbone_config.vision.init = vision_init
     backbone.mlm_head = None
     backbone.mim_decoder = None
     if meta.get("fresh_alignment_head"):
@@ -398,7 +406,9 @@ def _load_pretrain_run(run_dir: Path) -> PretrainedModel:
     from safetensors.torch import load_file
 
     tokenizer = load_tokenizer(run_dir / "tokenizer")
+    vision_init, config.vision.init = config.vision.init, None  # every vision weight is loaded below
     model = MPMAModel(config, len(tokenizer), tokenizer.pad_token_id)
+    config.vision.init = vision_init
     state = {k.removeprefix("model."): v for k, v in load_file(str(latest / ckpt.WEIGHTS)).items()}
     load_weights_strict(model, latest / ckpt.WEIGHTS, state)
     model.eval()
@@ -481,8 +491,10 @@ def model_card(meta: dict, task: dict | None, metrics: dict | None, provenance: 
     lines += ["", "## Evaluation", ""]
     rows = _flat_metrics(metrics.get("test", metrics)) if metrics else []
     if rows:
-        lines += ["| metric | value |", "|---|---|"] + [f"| {name} | {value:.4f} |" for name, value in rows]
-        if pre and pre.get("data") == "synthrad":
+        lines += ["| metric | value |", "|---|---|"] + [
+            f"| {name} | {value:.4f} |" if isinstance(value, float) and not value.is_integer() else f"| {name} | {value:g} |"
+            for name, value in rows]
+        if "synthrad" in json.dumps(provenance, default=str):
             lines += ["", "The data is `synthrad`, a synthetic generator: these numbers say nothing about real images."]
     else:
         lines.append("No evaluation results were saved with this model.")

@@ -40,7 +40,7 @@ FORMATS = ("hf-clip", "openai-clip", "mpma")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "open_clip_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "open_clip_pytorch_model.bin")
 # Source keys that carry no weights of the vision encoder and are dropped without complaint.
-_IGNORED = {"hf-clip": ("embeddings.position_ids",), "openai-clip": ("proj", "attn_pool", "image_size"), "mpma": ()}
+_IGNORED = {"hf-clip": ("embeddings.position_ids",), "openai-clip": ("proj", "attn_pool"), "mpma": ()}
 
 
 class UnsafeCheckpointError(ValueError):

@@ -48,8 +48,8 @@ def load_backbone(config: FinetuneConfig, task_texts):
 
     if config.init == "scratch":
         backbone_config = load_config(config.preset)
-        if backbone_config.text.tokenizer:
-            tokenizer = load_tokenizer(backbone_config.text.tokenizer)
+        if backbone_config.text.tokenizer or backbone_config.text.init:
+            tokenizer = load_tokenizer(backbone_config.text.tokenizer or backbone_config.text.init)
         elif config.data.dataset == "synthrad":
             from mpma.pipelines.pretraining import build_pretrain_data, build_tokenizer
 

@@ -63,8 +63,8 @@ def build_tokenizer(config: Config, data: PretrainData):
     """``text.tokenizer`` if set, else a WordPiece tokenizer trained on the training texts (cached)."""
     from mpma.data.text import cached_tokenizer, load_tokenizer
 
-    if config.text.tokenizer:
-        return load_tokenizer(config.text.tokenizer)
+    if config.text.tokenizer or config.text.init:  # a pre-trained text encoder brings its own tokenizer
+        return load_tokenizer(config.text.tokenizer or config.text.init)
     import hashlib
 
     name = data.name
