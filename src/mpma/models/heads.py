@@ -57,7 +57,10 @@ class MIMDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=1e-6)
         self.pred = nn.Linear(config.width, patch_pixels)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        from mpma.models.vision import sincos_position_embedding
+
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_position_embedding(int(math.isqrt(n_patches)), config.width))
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_weights)
 

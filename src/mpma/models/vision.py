@@ -83,6 +83,28 @@ def resize_position_embedding(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
     return torch.cat([cls_pos, grid_pos], dim=1)
 
 
+def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
+    """2-D sine-cosine position table (MAE's initialisation), CLS position zero: (1, 1 + G*G, D).
+
+    Half the channels encode the row, half the column, each with D/4 frequencies. Used to
+    initialise the learned tables, so patch positions (left/right, upper/lower) are distinguishable
+    from the first step instead of having to be learned from a 0.02-std random start.
+    """
+    if width % 4:
+        raise ValueError(f"width {width} must be divisible by 4 for a 2-D sine-cosine table")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(rows), encode(cols)], dim=1).float()  # (G*G, D)
+    return torch.cat([torch.zeros(1, width), table])[None]
+
+
 @dataclass
 class VisionOutput:
     """Result of :meth:`VisionTransformer.forward`.
@@ -124,7 +146,8 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, config.activation, config.norm_eps)
                                     for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_position_embedding(self.grid, config.width))
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
         w = self.patch_embed.weight.data
