@@ -219,3 +219,16 @@ def test_mim_decoder_puts_visible_tokens_back_at_their_grid_positions() -> None:
         moved = (decoder(changed, ids_restore) - base).abs().sum(-1) > 1e-6  # (2, 16)
         for row in range(2):
             assert moved[row].nonzero().flatten().tolist() == [ids_keep[row, k].item()]
+
+
+def test_sincos_position_table_separates_rows_and_columns() -> None:
+    from mpma.models.vision import sincos_position_embedding
+
+    table = sincos_position_embedding(4, 16)[0]  # (1 + 16, 16), CLS first
+    assert table.shape == (17, 16) and torch.equal(table[0], torch.zeros(16))
+    grid = table[1:].view(4, 4, 16)
+    # the first half of the channels depends on the row only, the second half on the column only
+    assert torch.allclose(grid[:, 0, :8], grid[:, 3, :8])  # same row, other column: row half equal
+    assert torch.allclose(grid[0, :, 8:], grid[3, :, 8:])  # same column, other row: column half equal
+    assert not torch.allclose(grid[0, 0], grid[0, 3]) and not torch.allclose(grid[0, 0], grid[3, 0])
+    assert len({tuple(v.tolist()) for v in table[1:]}) == 16  # every patch position is distinct
