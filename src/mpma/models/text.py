@@ -27,6 +27,8 @@ def build_hf_text_config(config: TextConfig, vocab_size: int, pad_token_id: int)
         intermediate_size=config.intermediate,
         pad_token_id=pad_token_id,
         type_vocab_size=2 if config.model_type == "bert" else 1,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
         **extra,
     )
 
@@ -46,7 +48,10 @@ class TextEncoder(nn.Module):
 
         self.config = config
         if config.init:
-            self.encoder = AutoModel.from_pretrained(config.init, add_pooling_layer=False, local_files_only=True)
+            self.encoder = AutoModel.from_pretrained(
+                config.init, add_pooling_layer=False, local_files_only=True,
+                hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+            )
         else:
             hf_config = build_hf_text_config(config, vocab_size, pad_token_id)
             self.encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)

@@ -6,6 +6,7 @@ Run folder::
     backbone.json   the backbone Config;  tokenizer/  the tokenizer used
     task.json       task name, answer vocabulary / label names, vocabulary convention, data notes
     log.jsonl       training steps and one line per epoch with the validation metrics
+    curves.png      the log drawn after each epoch (``mpma visualize curves``)
     best/model.safetensors   weights of the epoch with the best validation metric
     metrics.json, metrics.md  test metrics of the best epoch (evaluated once, at the end)
 """
@@ -174,6 +175,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
     from mpma.data.sampling import EpochBatches, iterate_batches
     from mpma.data.task_batches import ExampleList
     from mpma.engine.trainer import Trainer, parameter_groups
+    from mpma.viz.curves import write_run_curves
 
     run_dir = Path(out_dir)
     env = distributed.setup(config.run.device)
@@ -206,6 +208,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
                 best.update(value=value, epoch=epoch)
                 (run_dir / "best").mkdir(exist_ok=True)
                 ckpt.save_weights(run.module, run_dir / "best" / ckpt.WEIGHTS)
+            write_run_curves(run_dir)  # curves.png after each epoch's validation line; never raises
 
         if epochs > 0:
             module = run.module

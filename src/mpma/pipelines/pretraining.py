@@ -5,6 +5,7 @@ Run folder layout::
     config.json        the resolved configuration
     tokenizer/         the tokenizer the run used (a Hugging Face folder)
     log.jsonl          one line per logged step: every loss term, metrics, lr, samples/s
+    curves.png         the log drawn at each checkpoint (``mpma visualize curves``)
     checkpoints/       step_<N>/model.safetensors + state.pt (atomic)
     summary.json       loss first/last means and the zero-shot retrieval check
 """
@@ -107,6 +108,7 @@ def load_run_config(run_dir: Path) -> Config:
 def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``."""
     from mpma.data.pairs import PairCollator
+    from mpma.viz.curves import write_run_curves
 
     run_dir = Path(out_dir)
     if resume:  # the run's own config.json decides (``config`` may be None)
@@ -135,7 +137,9 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
                                   {f"model.{n}" for n in model.no_weight_decay()})
         # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
+        # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
         trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
+                          on_checkpoint=lambda step: write_run_curves(run_dir),
                           find_unused_parameters=model.itm_head is None)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:

@@ -30,6 +30,7 @@ _SKIP = {"step", "epoch"}
 # panel order: total loss, loss terms, everything else alphabetically, then val.*, then the optimiser/throughput
 _FIRST = ("loss", "mlm", "mim", "global_align", "local_align", "itm", "task")
 _LAST = ("lr", "grad_norm", "samples_per_s")
+_RAW_ONLY = {"lr"}  # a schedule: smoothing would only distort it
 _TITLES = {"lr": "learning rate", "samples_per_s": "samples / s", "grad_norm": "gradient norm (before clipping)"}
 log = logging.getLogger("mpma")
 
@@ -116,8 +117,14 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
+def _is_count(name: str) -> bool:
+    """Sample counts logged with the validation metrics (``val.n``, ``val.n_open``): not curves."""
+    last = name.rsplit(".", 1)[-1]
+    return "." in name and (last == "n" or last.startswith("n_"))
+
+
 def panel_names(runs: list[RunLog]) -> list[str]:
-    names = {name for run in runs for name in run.series}
+    names = {name for run in runs for name in run.series if not _is_count(name)}
     first = [n for n in _FIRST if n in names]
     last = [n for n in _LAST if n in names]
     rest = sorted(n for n in names if n not in first and n not in last)
@@ -148,6 +155,7 @@ def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, tit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     names = panel_names(runs)
     width, height = figure_size(len(names))
@@ -176,7 +184,7 @@ def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, tit
             bad += int((~finite).sum())
             marker = "o" if finite.sum() <= 20 else None
             shown = np.where(finite, values, np.nan)
-            if smoothing > 0 and finite.sum() > 1:
+            if smoothing > 0 and finite.sum() > 1 and name not in _RAW_ONLY:
                 ax.plot(steps, shown, color=color, alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
                 ax.plot(steps, smooth(values, smoothing), color=color, linewidth=1.6)
             else:
@@ -185,18 +193,24 @@ def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, tit
                 ax.plot(steps[~finite], np.zeros(int((~finite).sum())), linestyle="none", marker="x", color="red",
                         markersize=5, transform=ax.get_xaxis_transform(), clip_on=False)
         label = _TITLES.get(name, name)
-        ax.set_title(label + (f"  [{bad} non-finite]" if bad else ""), fontsize=9, color="red" if bad else "black")
-        ax.set_xlabel("step", fontsize=8)
+        # an explicit y skips matplotlib's per-draw title placement (a tight-bbox pass per axes)
+        ax.set_title(label + (f"  [{bad} non-finite]" if bad else ""), fontsize=9, color="red" if bad else "black",
+                     y=1.0, pad=4)
+        ax.set_xlabel("step", fontsize=8, labelpad=1)
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         if name == "lr":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+            from matplotlib.ticker import FormatStrFormatter
+
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
     handles = [Line2D([], [], color=c, linewidth=1.6, label=run.label) for run, c in zip(runs, colors)]
     if smoothing > 0:
         handles += [Line2D([], [], color="gray", linewidth=1.6, label=f"smoothed (EMA {smoothing:g})"),
                     Line2D([], [], color="gray", alpha=0.3, linewidth=0.8, label="raw")]
-    fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=min(len(handles), 5), frameon=False,
-               bbox_to_anchor=(1.0, 1.0 - 0.3 / height))
+    fig.legend(handles=handles, loc="upper center", fontsize=8, ncol=min(len(handles), 6), frameon=False,
+               bbox_to_anchor=(0.5, 1.0 - 0.28 / height))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.55 / height * 1.2, top=1.0 - 0.95 / height,
                         hspace=0.55, wspace=0.28)
     out = Path(out)
