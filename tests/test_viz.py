@@ -157,6 +157,10 @@ def test_reconstruct_command_png(micro_run, tmp_path, capsys):
     assert main(["visualize", "reconstruct", "--model", str(micro_run), "--image", str(image), "--text", "a nodule",
                  "--mask-seed", "3", "--out", str(out)]) == 0
     _png(out, R.figure_size(1))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image": "x.png", "text": "a nodule"}) + "\n" + json.dumps({"image": str(image)}) + "\n")
+    assert main(["visualize", "reconstruct", "--model", str(micro_run), "--manifest", str(manifest), "--out", str(out)]) == 0
+    _png(out, R.figure_size(2))
     assert main(["visualize", "reconstruct", "--model", str(micro_run), "--out", str(out)]) == 2
     assert "--image" in capsys.readouterr().err
 

@@ -178,6 +178,8 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
     from mpma.viz.curves import write_run_curves
 
     run_dir = Path(out_dir)
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
     env = distributed.setup(config.run.device)
     try:
         torch.manual_seed(config.run.seed)

@@ -31,6 +31,8 @@ STOPWORDS = frozenset(
     "for by as it its which there's".split()
 )
 LATERAL = ("nodule", "opacity", "effusion", "pneumothorax")
+MAP_LABELS = {"local": "GLA-local word->patch similarity", "attention": "fusion cross-attention (last layer)",
+              "word-agnostic": "word-agnostic (GLA-local, all tokens)"}
 PANEL_INCHES = 2.0
 WORDS_PER_ROW = 8
 
@@ -268,8 +270,7 @@ def format_pointing(result: dict) -> str:
     """The table ``mpma visualize alignment --eval`` prints."""
     if not result["n_mentions"]:
         return f"pointing game: no finding mentions in {result['n_cases']} cases"
-    labels = {"local": "GLA-local word->patch similarity", "attention": "fusion cross-attention (last layer)",
-              "word-agnostic": "word-agnostic (GLA-local, all tokens)"}
+    labels = MAP_LABELS
     lines = [f"pointing game on {result['n_cases']} held-out synthrad cases: {result['n_mentions']} findings named "
              f"with their side and zone; {result['grid']}x{result['grid']} patches; hit = argmax patch overlaps the "
              "lesion box",

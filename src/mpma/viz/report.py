@@ -240,7 +240,8 @@ def _pretrain_examples(report: Report, run: Path, out: Path, n: int, pointing_ca
                 report.p(f"{result['n_mentions']} findings named with their side and zone; a hit is an argmax patch "
                          f"overlapping the lesion box. Chance (uniform random patch): {result['chance_rate']:.3f}.")
                 report.table(["map", "hit rate", "hits", "side correct", "on any lesion"],
-                             [[name, e["hit_rate"], f"{e['hits']}/{e['n']}", e["side_correct"], e["any_lesion"]]
+                             [[A.MAP_LABELS[name], e["hit_rate"], f"{e['hits']}/{e['n']}", e["side_correct"],
+                               e["any_lesion"]]
                               for name, e in result["maps"].items()])
 
     _examples_guard(report, "examples", draw)
