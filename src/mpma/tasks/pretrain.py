@@ -117,12 +117,13 @@ class PretrainTask(nn.Module):
             same = (batch["input_ids"][:, None, :] == batch["input_ids"][None, :, :]).all(-1)
             forbidden |= same
         if out.image_embed is not None:
+            # negatives ~ softmax(cosine): a mild preference for similar pairs (ALBEF samples at the InfoNCE
+            # temperature, which kept ITM at chance for the whole default synthrad budget in early runs)
             similarity = out.image_embed @ out.text_embed.t()  # (B images, B texts)
         else:
             similarity = torch.zeros(batch_size, batch_size, device=device)
-        cpu_gen = generator if generator is not None else None
-        wrong_text = sample_hard_negatives(similarity.cpu(), forbidden.cpu(), cpu_gen).to(device)
-        wrong_image = sample_hard_negatives(similarity.t().cpu(), forbidden.t().cpu(), cpu_gen).to(device)
+        wrong_text = sample_hard_negatives(similarity.cpu(), forbidden.cpu(), generator).to(device)
+        wrong_image = sample_hard_negatives(similarity.t().cpu(), forbidden.t().cpu(), generator).to(device)
         half = torch.arange(batch_size, device=device) % 2 == 0
         # Even rows keep their image and take a wrong text; odd rows keep their text and take a wrong image.
         image_index = torch.where(half, torch.arange(batch_size, device=device), wrong_image)
