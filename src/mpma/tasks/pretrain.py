@@ -117,8 +117,8 @@ class PretrainTask(nn.Module):
             same = (batch["input_ids"][:, None, :] == batch["input_ids"][None, :, :]).all(-1)
             forbidden |= same
         if out.image_embed is not None:
-            # negatives ~ softmax(cosine): a mild preference for similar pairs (ALBEF samples at the InfoNCE
-            # temperature, which kept ITM at chance for the whole default synthrad budget in early runs)
+            # negatives ~ softmax(cosine): a mild preference for similar pairs. ALBEF samples at the InfoNCE
+            # temperature (much harder negatives); the gentler form is the one the measured runs used.
             similarity = out.image_embed @ out.text_embed.t()  # (B images, B texts)
         else:
             similarity = torch.zeros(batch_size, batch_size, device=device)
