@@ -72,6 +72,9 @@ def evaluate_retrieval(model, examples, collate, batch_size: int, device, rerank
 
     Re-ranking fuses only the N x k (query, candidate) pairs of each direction, never N x N.
     """
+    if not model.has_global_alignment:
+        raise ValueError("retrieval evaluation needs the GLA-global projections (objectives.global_align > 0); "
+                         "this backbone has none: fine-tune retrieval (epochs > 0) to train a new one")
     was_training = model.training
     model.eval()
     image_embeds, text_embeds, image_tokens, text_states, text_masks = [], [], [], [], []
