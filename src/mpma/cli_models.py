@@ -154,20 +154,13 @@ def _predictor(args: argparse.Namespace):
 
 
 def _read_manifest(path: str) -> tuple[list[dict], Path]:
-    manifest = Path(path)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest}")
+    from mpma.data.records import read_jsonl
+
     records = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest}:{number}: not valid JSON ({error.msg})") from None
+    for number, record in read_jsonl(path):
         record.setdefault("id", str(number))
         records.append(record)
-    return records, manifest.parent
+    return records, Path(path).parent
 
 
 def _image_path(record: dict, root: Path) -> str:

@@ -74,17 +74,11 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 
 def _manifest_records(path: str, n: int) -> tuple[list[str], list[str]]:
+    from mpma.data.records import read_jsonl
+
     manifest = Path(path)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest}")
     images, texts = [], []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest}:{number}: not valid JSON ({error.msg})") from None
+    for number, record in read_jsonl(manifest):
         if not isinstance(record.get("image"), str):
             raise ValueError(f"{manifest}:{number}: no 'image' path")
         image = Path(record["image"])

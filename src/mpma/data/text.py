@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,26 +28,22 @@ def read_corpus(path: str | Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"corpus not found: {path} (pass a .txt file or a JSONL manifest)")
     texts = []
+    if path.suffix in (".jsonl", ".json"):
+        from mpma.data.records import read_jsonl
+
+        for number, record in read_jsonl(path):
+            fields = [record[k] for k in ("text", "question", "caption") if isinstance(record.get(k), str)]
+            if not fields:
+                raise ValueError(f"{path}:{number}: no 'text', 'question' or 'caption' field")
+            texts.extend(fields)
+        return texts
     with path.open(encoding="utf-8") as handle:
-        if path.suffix in (".jsonl", ".json"):
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                fields = [record[k] for k in ("text", "question", "caption") if isinstance(record.get(k), str)]
-                if not fields:
-                    raise ValueError(f"{path}:{number}: no 'text', 'question' or 'caption' field")
-                texts.extend(fields)
-        else:
-            for line in handle:
-                line = line.rstrip("\n")
-                if "\t" in line:  # ROCO-style "ID<TAB>caption"
-                    line = line.split("\t", 1)[1]
-                if line.strip():
-                    texts.append(line.strip())
+        for line in handle:
+            line = line.rstrip("\n")
+            if "\t" in line:  # ROCO-style "ID<TAB>caption"
+                line = line.split("\t", 1)[1]
+            if line.strip():
+                texts.append(line.strip())
     return texts
 
 
