@@ -115,8 +115,10 @@ class FinetuneRun:
         image_size = (preset_config.vision.image_size if preset_config else
                       config_from_dict(json.loads((resolve_init(config.init)[0] / "config.json").read_text())).vision.image_size)
         self.data = build_task_data(config.task, config.data, image_size)
-        texts = lambda: [e.get("question") or e.get("text") or "" for e in self.data.splits["train"]]  # noqa: E731
-        self.backbone_config, self.tokenizer, self.backbone = load_backbone(config, texts)
+        def train_texts() -> list[str]:  # for a tokenizer trained on the task's own text (scratch, non-synthrad)
+            return [e.get("question") or e.get("text") or "" for e in self.data.splits["train"]]
+
+        self.backbone_config, self.tokenizer, self.backbone = load_backbone(config, train_texts)
         self.fresh_alignment = False
         if config.task == "retrieval" and not self.backbone.has_global_alignment and config.epochs > 0:
             # e.g. an M3AE-style backbone: retrieval fine-tuning starts a new GLA-global projection.
@@ -185,8 +187,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
         torch.manual_seed(config.run.seed)
         run = FinetuneRun(config, env.device)
         train = run.data.splits["train"]
-        trainable = run.module is not None and hasattr(run.module, "forward")
-        epochs = config.epochs if trainable else 0
+        epochs = config.epochs if run.module is not None else 0  # zero-shot tasks never train
         sampler = EpochBatches(len(train), min(config.data.batch_size, len(train)), config.data.seed, env.rank, env.world_size)
         steps_per_epoch = sampler.batches_per_epoch
         config.optim.steps = epochs * steps_per_epoch
