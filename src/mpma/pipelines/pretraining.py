@@ -123,15 +123,16 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it or choose --out")
         torch.manual_seed(config.run.seed)
         data = build_pretrain_data(config)
+        run_tokenizer = run_dir / "tokenizer"
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            tokenizer = build_tokenizer(config, data)
+            if not (resume and run_tokenizer.is_dir()):  # a resumed run keeps the vocabulary it started with
+                build_tokenizer(config, data).save_pretrained(str(run_tokenizer))
             config.save(run_dir / "config.json")
-            if not (run_dir / "tokenizer").exists():
-                tokenizer.save_pretrained(str(run_dir / "tokenizer"))
         distributed.barrier()
-        if not env.is_main:
-            tokenizer = build_tokenizer(config, data)
+        from mpma.data.text import load_tokenizer
+
+        tokenizer = load_tokenizer(run_tokenizer)
         task = build_task(config, tokenizer).to(env.device)
         model = task.model
         groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
