@@ -26,7 +26,7 @@ from mpma.pipelines.pretraining import run_pretraining
 
 # Budgets per task (same for every initialisation).
 TASK_BUDGETS = {
-    "vqa": ["epochs=3", "data.train_size=300", "data.val_size=100", "data.test_size=300"],
+    "vqa": ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=400"],
     "mm_cls": ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=500"],
     "retrieval_zero_shot": ["epochs=0", "data.test_size=1000"],
     "retrieval": ["epochs=3", "data.train_size=1500", "data.val_size=300", "data.test_size=1000", "data.batch_size=64"],

@@ -15,7 +15,7 @@ from pathlib import Path
 from mpma.config import load_config
 
 # Downstream budgets of the quickstart (overridable through ``mpma finetune`` for real studies).
-QUICK_VQA = ["epochs=3", "data.train_size=300", "data.val_size=100", "data.test_size=300"]
+QUICK_VQA = ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=400"]
 QUICK_RETRIEVAL = ["epochs=3", "data.train_size=2000", "data.val_size=300", "data.test_size=600", "data.batch_size=64"]
 
 
