@@ -61,6 +61,34 @@ def micro_config():
     return make
 
 
+# The same micro shapes as a YAML preset, for CLI runs (``--config FILE`` / ``preset=FILE``).
+MICRO_PRESET_YAML = """base: tiny
+vision: {image_size: 32, patch_size: 8, width: 32, depth: 1, heads: 2}
+text: {width: 32, depth: 1, heads: 2, intermediate: 64, max_length: 40}
+fusion: {width: 32, depth: 1, heads: 2, memory_slots: 4}
+decoder: {width: 16, depth: 1, heads: 2}
+objectives: {align_dim: 16}
+"""
+
+
+@pytest.fixture(scope="session")
+def micro_preset_text() -> str:
+    """The micro model as preset YAML text; tests append their own data/optim/run sections."""
+    return MICRO_PRESET_YAML
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory, micro_config, tokenizer_dir: Path) -> Path:
+    """A 3-step micro pre-training run (one checkpoint) using the session tokenizer."""
+    from mpma.pipelines.pretraining import run_pretraining
+
+    out = tmp_path_factory.mktemp("micro-run") / "run"
+    config = micro_config("optim.steps=3", "optim.warmup_steps=1", "run.log_every=1", "run.checkpoint_every=3",
+                          "run.threads=1", "run.eval_size=8", f"text.tokenizer={tokenizer_dir}")
+    run_pretraining(config, out, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A WordPiece tokenizer folder trained on 300 synthrad reports."""

@@ -12,14 +12,7 @@ import torch
 from mpma.cli import main
 from mpma.data.tasks import held_out_split, label_fraction
 
-MICRO_PRESET = """
-base: tiny
-vision: {image_size: 32, patch_size: 8, width: 32, depth: 1, heads: 2}
-text: {width: 32, depth: 1, heads: 2, intermediate: 64, max_length: 40}
-fusion: {width: 32, depth: 1, heads: 2, memory_slots: 4}
-decoder: {width: 16, depth: 1, heads: 2}
-objectives: {align_dim: 16}
-data: {batch_size: 8, train_size: 64}
+MICRO_RUN_SETTINGS = """data: {batch_size: 8, train_size: 64}
 optim: {steps: 3, warmup_steps: 1}
 run: {log_every: 1, checkpoint_every: 3, eval_size: 32}
 """
@@ -27,9 +20,9 @@ SMALL_DATA = ["data.train_size=24", "data.val_size=8", "data.test_size=12", "dat
 
 
 @pytest.fixture(scope="module")
-def micro_preset(tmp_path_factory) -> Path:
+def micro_preset(tmp_path_factory, micro_preset_text) -> Path:
     path = tmp_path_factory.mktemp("preset") / "micro.yaml"
-    path.write_text(MICRO_PRESET)
+    path.write_text(micro_preset_text + MICRO_RUN_SETTINGS)
     return path
 
 

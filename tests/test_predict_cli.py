@@ -11,22 +11,14 @@ import torch
 
 from mpma.cli import main
 
-MICRO_PRESET = """
-base: tiny
-vision: {image_size: 32, patch_size: 8, width: 32, depth: 1, heads: 2}
-text: {width: 32, depth: 1, heads: 2, intermediate: 64, max_length: 40}
-fusion: {width: 32, depth: 1, heads: 2, memory_slots: 4}
-decoder: {width: 16, depth: 1, heads: 2}
-objectives: {align_dim: 16}
-"""
 SMALL_DATA = ["data.train_size=16", "data.val_size=8", "data.test_size=8", "data.batch_size=8", "epochs=1"]
 
 
 @pytest.fixture(scope="module")
-def vqa_run(tmp_path_factory) -> Path:
+def vqa_run(tmp_path_factory, micro_preset_text) -> Path:
     root = tmp_path_factory.mktemp("predict")
     preset = root / "micro.yaml"
-    preset.write_text(MICRO_PRESET + "data: {train_size: 64}\n")  # the tokenizer is trained on 64 reports
+    preset.write_text(micro_preset_text + "data: {train_size: 64}\n")  # the tokenizer is trained on 64 reports
     out = root / "vqa-run"
     assert main(["finetune", "vqa", "--out", str(out), "--no-progress", f"preset={preset}", *SMALL_DATA]) == 0
     return out
@@ -125,14 +117,14 @@ def test_console_script_predicts(vqa_run, synth, venv_bin, mpma_env):
     assert json.loads(done.stdout)["answers"]
 
 
-def test_pretraining_run_exports_to_a_backbone_folder(tmp_path, synth, capsys):
+def test_pretraining_run_exports_to_a_backbone_folder(tmp_path, synth, capsys, micro_preset_text):
     from safetensors.torch import load_file
 
     from mpma.engine.checkpoint import latest_checkpoint
     from mpma.pretrained import from_pretrained
 
     preset = tmp_path / "micro.yaml"
-    preset.write_text(MICRO_PRESET + "optim: {steps: 2, warmup_steps: 1}\nrun: {checkpoint_every: 2, eval_size: 16}\n"
+    preset.write_text(micro_preset_text + "optim: {steps: 2, warmup_steps: 1}\nrun: {checkpoint_every: 2, eval_size: 16}\n"
                       "data: {train_size: 64, batch_size: 8}\n")
     run = tmp_path / "pre"
     assert main(["pretrain", "--config", str(preset), "--out", str(run), "--no-progress"]) == 0

@@ -18,17 +18,6 @@ from mpma.viz.report import vqa_breakdown, write_report
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory, micro_config, tokenizer_dir) -> Path:
-    from mpma.pipelines.pretraining import run_pretraining
-
-    out = tmp_path_factory.mktemp("report") / "pretrain"
-    config = micro_config("optim.steps=3", "optim.warmup_steps=1", "run.log_every=1", "run.checkpoint_every=3",
-                          "run.threads=1", "run.eval_size=8", f"text.tokenizer={tokenizer_dir}")
-    run_pretraining(config, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def vqa_run(tmp_path_factory, micro_run) -> Path:
     from mpma.pipelines.finetuning import finetune_config, run_finetune
 

@@ -39,18 +39,6 @@ def _rows(n: int, start: int = 1) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory, micro_config, tokenizer_dir) -> Path:
-    """A 3-step micro pre-training run (one checkpoint) using the session tokenizer."""
-    from mpma.pipelines.pretraining import run_pretraining
-
-    out = tmp_path_factory.mktemp("viz") / "run"
-    config = micro_config("optim.steps=3", "optim.warmup_steps=1", "run.log_every=1", "run.checkpoint_every=3",
-                          "run.threads=1", "run.eval_size=8", f"text.tokenizer={tokenizer_dir}")
-    run_pretraining(config, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def loaded(micro_run):
     from mpma.pretrained import load_model
 
