@@ -27,6 +27,8 @@ from mpma.pipelines.pretraining import run_pretraining
 # Budgets per task (same for every initialisation).
 TASK_BUDGETS = {
     "vqa": ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=400"],
+    # the same VQA fine-tune with another run seed (head initialisation, dropout): is the gap robust?
+    "vqa_seed1": ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=400", "run.seed=1"],
     "mm_cls": ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=500"],
     "retrieval_zero_shot": ["epochs=0", "data.test_size=1000"],
     "retrieval": ["epochs=3", "data.train_size=1500", "data.val_size=300", "data.test_size=1000", "data.batch_size=64"],
@@ -36,7 +38,7 @@ TASK_BUDGETS = {
     "txt_cls": ["epochs=2", "data.train_size=150", "data.val_size=50", "data.test_size=200"],
     "zero_shot_cls": ["data.test_size=600", "head.prompt=there is {label}."],
 }
-HEADLINE = {"vqa": ("overall", "open", "closed"), "mm_cls": ("accuracy", "macro_f1"), "img_cls": ("macro_auc",),
+HEADLINE = {"vqa": ("overall", "open", "closed"), "vqa_seed1": ("overall", "open", "closed"), "mm_cls": ("accuracy", "macro_f1"), "img_cls": ("macro_auc",),
             "img_cls_probe_10pct": ("macro_auc",), "txt_cls": ("accuracy", "macro_f1"),
             "zero_shot_cls": ("macro_auc",), "retrieval": ("i2t R@1", "t2i R@1", "i2t R@5"),
             "retrieval_zero_shot": ("i2t R@1", "t2i R@1", "i2t R@5")}
@@ -52,7 +54,7 @@ def pretrain(out: Path, preset: str, overrides: list[str]) -> Path:
 
 def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = (), task: str | None = None) -> dict:
     if task is None:  # table keys are task names with a variant suffix
-        task = key if key == "zero_shot_cls" else key.split("_probe")[0].removesuffix("_zero_shot")
+        task = key if key == "zero_shot_cls" else key.split("_probe")[0].removesuffix("_zero_shot").removesuffix("_seed1")
     run_dir = out / f"{key}-{Path(init).name}"
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())

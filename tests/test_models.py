@@ -232,3 +232,23 @@ def test_sincos_position_table_separates_rows_and_columns() -> None:
     assert torch.allclose(grid[0, :, 8:], grid[3, :, 8:])  # same column, other row: column half equal
     assert not torch.allclose(grid[0, 0], grid[0, 3]) and not torch.allclose(grid[0, 0], grid[3, 0])
     assert len({tuple(v.tolist()) for v in table[1:]}) == 16  # every patch position is distinct
+
+
+def test_pool_fused_mean_ignores_padding_and_cls_reads_the_poolers() -> None:
+    from mpma.models.fusion import FusionOutput
+    from mpma.tasks.downstream import pool_fused
+
+    torch.manual_seed(0)
+    text, image, pooled = torch.randn(2, 5, 4), torch.randn(2, 3, 4), torch.randn(2, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    fused = FusionOutput(text, image, pooled)
+    mean = pool_fused(fused, mask, "mean")  # (B, 2D)
+    assert mean.shape == (2, 8)
+    assert torch.allclose(mean[0, :4], text[0, :3].mean(0)) and torch.allclose(mean[1, :4], text[1].mean(0))
+    assert torch.allclose(mean[:, 4:], image.mean(1))
+    padded = text.clone()
+    padded[0, 3:] = 1e3  # padding states must not leak into the feature
+    assert torch.equal(pool_fused(FusionOutput(padded, image, pooled), mask, "mean"), mean)
+    assert pool_fused(fused, mask, "cls") is pooled
+    with pytest.raises(ValueError, match="pool must be one of"):
+        pool_fused(fused, mask, "max")

@@ -58,7 +58,7 @@ def test_backbone_round_trip_gives_identical_outputs(tmp_path, backbone, tokeniz
 
 def _task_modules(backbone):
     yield "vqa", FusedClassifier(_fresh(backbone), 5, "bce"), ["yes", "no", "left", "right", "two"], {}
-    yield "mm_cls", FusedClassifier(_fresh(backbone), 3, "ce", hidden_mult=1.3), ["a", "b", "c"], {}
+    yield "mm_cls", FusedClassifier(_fresh(backbone), 3, "ce", hidden_mult=1.3, pool="mean"), ["a", "b", "c"], {}
     yield "img_cls", UnimodalClassifier(_fresh(backbone), "image", 4, multi_label=True), list("wxyz"), {"multi_label": True}
     yield "txt_cls", UnimodalClassifier(_fresh(backbone), "text", 2, multi_label=False), ["entail", "contradict"], {}
     yield "retrieval", RetrievalTrainer(_fresh(backbone), use_itm=True), [], {}
@@ -78,6 +78,7 @@ def test_each_task_model_round_trip(tmp_path, backbone, tokenizer, batch, task):
     saved_task = json.loads((folder / "task.json").read_text())
     assert saved_task["classes"] == classes and loaded.task["task"] == name
     assert type(loaded.module) is type(module)
+    assert getattr(loaded.module, "pool", None) == getattr(module, "pool", None)
     for got, want in zip(_outputs(loaded.module, batch), _outputs(module, batch)):
         assert torch.equal(got, want)
     if task == "zero_shot_cls":

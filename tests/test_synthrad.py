@@ -283,3 +283,8 @@ def test_write_synthrad(tmp_path):
         case = generate_case(r["index"], seed=2, image_size=40)
         assert case.findings == fs
         assert [list(b) for b in case.boxes] == [f["box"] for f in r["findings"]]
+
+
+def test_reports_without_rendering_equal_the_generated_cases():
+    data = SynthRad(40, seed=3, normal_fraction=0.2, offset=7)
+    assert data.reports() == [data[i].report for i in range(len(data))]

@@ -32,6 +32,7 @@ class HeadConfig:
     vqa_loss: str = "bce"  # "bce" (soft-score, as M3AE) or "ce"
     answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
     hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width
+    pool: str = "cls"  # vqa/mm_cls pair feature: "cls" (pooled CLS of both streams) or "mean" (token means)
     image_mode: str = "finetune"  # img_cls: "finetune" the vision encoder or "linear_probe"
     retrieval_itm: bool = False  # retrieval fine-tune: add the ITM loss (needs an ITM head)
     rerank_k: int = 0  # retrieval evaluation: re-rank the top-k by ITM (0 = off)

@@ -92,7 +92,7 @@ def _head_metadata(module: nn.Module, task: dict) -> dict:
 
     if isinstance(module, FusedClassifier):
         return {"type": "fused", "loss": module.loss, "hidden": module.head.net[0].out_features,
-                "outputs": module.head.net[-1].out_features}
+                "outputs": module.head.net[-1].out_features, "pool": module.pool}
     if isinstance(module, UnimodalClassifier):
         return {"type": "unimodal", "modality": module.modality, "linear_probe": module.linear_probe,
                 "outputs": module.head.out_features}
@@ -248,7 +248,8 @@ def build_task_module(backbone: nn.Module, task: dict | None) -> nn.Module:
     classes = len(task.get("classes") or [])
     if kind == "fused":
         pooled = 2 * backbone.config.fusion.width
-        return FusedClassifier(backbone, classes, head["loss"], (head["hidden"] + 0.5) / pooled)
+        return FusedClassifier(backbone, classes, head["loss"], (head["hidden"] + 0.5) / pooled,
+                               head.get("pool", "cls"))  # folders written before pooling was an option
     if kind == "unimodal":
         return UnimodalClassifier(backbone, head["modality"], classes, bool(task.get("multi_label")),
                                   bool(head.get("linear_probe")))

@@ -61,6 +61,8 @@ class SynthradPairs(Dataset):
         }
 
     def texts(self) -> list[str]:
+        if hasattr(self.cases, "reports"):  # synthrad: reports without rendering the images
+            return self.cases.reports()
         return [self.cases[i].report for i in range(len(self))]
 
 

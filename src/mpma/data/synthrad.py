@@ -56,7 +56,7 @@ from mpma.data.synthrad_text import (
 __all__ = [
     "ALLOWED_LOCATIONS", "COMBOS", "FINDING_KINDS", "LABELS", "NEGATION_SENTENCES",
     "NORMAL_SENTENCES", "SIDES", "SIZES", "SYNONYMS", "ZONES", "ZONE_WORDS", "Finding",
-    "VQAPair", "SynthCase", "SynthRad", "entailment_label", "finding_key", "generate_case",
+    "VQAPair", "SynthCase", "SynthRad", "case_report", "entailment_label", "finding_key", "generate_case",
     "labels_for", "render", "sample_findings", "synthrad_splits", "text_pairs", "write_synthrad",
 ]
 
@@ -302,6 +302,11 @@ class SynthRad(Sequence):
     def __len__(self) -> int:
         return self.n
 
+    def reports(self) -> list[str]:
+        """Every case's report, without drawing the images (tokenizer training needs only these)."""
+        return [case_report(self.offset + i, self.seed, self.normal_fraction, self.max_findings)
+                for i in range(self.n)]
+
     def __getitem__(self, i: int) -> SynthCase:  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self.n))]  # type: ignore[return-value]
@@ -318,6 +323,12 @@ class SynthRad(Sequence):
             if 0 < self.cache_size < len(self._cache):
                 self._cache.popitem(last=False)
         return out
+
+
+def case_report(index: int, seed: int = 0, normal_fraction: float = 0.1, max_findings: int = 2) -> str:
+    """The report of case ``index`` without drawing its image (equal to ``generate_case(...).report``)."""
+    findings = sample_findings(np.random.default_rng([seed, index]), normal_fraction, max_findings)
+    return build_report(tuple(findings), np.random.default_rng([seed, index, 4]))[0]
 
 
 def synthrad_splits(n_train: int, n_val: int, n_test: int, seed: int = 0,

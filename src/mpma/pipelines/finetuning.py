@@ -86,9 +86,9 @@ def build_module(config: FinetuneConfig, backbone, classes: list[str], multi_lab
 
     task, head = config.task, config.head
     if task == "vqa":
-        return FusedClassifier(backbone, len(classes), head.vqa_loss, head.hidden_mult)
+        return FusedClassifier(backbone, len(classes), head.vqa_loss, head.hidden_mult, head.pool)
     if task == "mm_cls":
-        return FusedClassifier(backbone, len(classes), "ce", head.hidden_mult)
+        return FusedClassifier(backbone, len(classes), "ce", head.hidden_mult, head.pool)
     if task == "img_cls":
         if head.image_mode not in ("finetune", "linear_probe"):
             raise ValueError(f"head.image_mode must be 'finetune' or 'linear_probe', got {head.image_mode!r}")

@@ -24,6 +24,9 @@ from mpma.engine import distributed
 from mpma.engine.trainer import Trainer, parameter_groups
 
 
+SYNTHRAD_CACHE_BYTES = 256 * 2**20  # image bytes of rendered synthrad training cases kept in memory
+
+
 class PretrainData:
     """Train and held-out pair datasets plus the texts a tokenizer is trained on."""
 
@@ -41,7 +44,10 @@ def build_pretrain_data(config: Config) -> PretrainData:
         from mpma.data.synthrad import SynthRad
 
         common = dict(seed=config.data.seed, image_size=size, normal_fraction=config.data.normal_fraction)
-        train = SynthRad(config.data.train_size, offset=0, **common)
+        # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x
+        # (and the tokenizer's text pass renders them all once), so rendering is paid once per case.
+        keep_all = -1 if config.data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
+        train = SynthRad(config.data.train_size, offset=0, cache_size=keep_all, **common)
         held_out = SynthRad(config.run.eval_size, offset=config.data.train_size, **common)
         return PretrainData(SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad")
     from mpma.data.shards import open_pairs

@@ -15,7 +15,7 @@ from pathlib import Path
 from mpma.config import load_config
 
 # Downstream budgets of the quickstart (overridable through ``mpma finetune`` for real studies).
-QUICK_VQA = ["epochs=3", "data.train_size=600", "data.val_size=150", "data.test_size=400"]
+QUICK_VQA = ["epochs=3", "data.train_size=600", "data.val_size=100", "data.test_size=300"]
 QUICK_RETRIEVAL = ["epochs=3", "data.train_size=2000", "data.val_size=300", "data.test_size=600", "data.batch_size=64"]
 
 
@@ -57,7 +57,10 @@ def run_quickstart(out_dir: str | Path, pretrain_overrides: list[str] = (), prog
                 results[(task, init)] = json.loads((run_dir / "metrics.json").read_text())
                 continue
             print(f"[{2 if task == 'vqa' else 3}/3] fine-tuning {task} from {init} -> {run_dir}")
-            config = finetune_config(task, str(pretrain_dir) if init == "pretrained" else "scratch", None, None, budget)
+            if init == "pretrained":
+                config = finetune_config(task, str(pretrain_dir), None, None, budget)
+            else:  # the pre-trained run's exact architecture and tokenizer, randomly initialised
+                config = finetune_config(task, "scratch", None, None, [*budget, f"preset={pretrain_dir / 'config.json'}"])
             results[(task, init)] = run_finetune(config, run_dir, progress)
     vqa_data = build_task_data("vqa", finetune_config("vqa", "scratch", None, None, QUICK_VQA).data, 64)
     chance_vqa = majority_baseline(vqa_data.splits["train"], vqa_data.splits["test"])

@@ -22,6 +22,30 @@ from mpma.objectives.matching import itm_loss, sample_hard_negatives
 from mpma.tasks.pretrain import StepResult
 
 
+POOLINGS = ("cls", "mean")
+
+
+def pool_fused(fused, text_mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, 2D) pair feature from a fusion output.
+
+    ``"cls"``: the two streams' tanh-pooled CLS states (M3AE's head input; these poolers learn only
+    through ITM in pre-training). ``"mean"``: the mean of the fused text tokens (padding excluded)
+    beside the mean of the fused image tokens; these are the states that MLM and MIM train.
+
+    Args:
+        fused: :class:`~mpma.models.fusion.FusionOutput` with text (B, T, D) and image (B, 1+K, D).
+        text_mask: (B, T), 1 for real tokens.
+        pool: "cls" or "mean".
+    """
+    if pool == "cls":
+        return fused.pooled
+    if pool == "mean":
+        weights = text_mask.to(fused.text.dtype).unsqueeze(-1)  # (B, T, 1)
+        text_mean = (fused.text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return torch.cat([text_mean, fused.image.mean(1)], dim=-1)
+    raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+
+
 class FusedClassifier(nn.Module):
     """VQA and image-text classification: MLP over the pooled fused output of the unmasked pair.
 
@@ -30,23 +54,28 @@ class FusedClassifier(nn.Module):
         classes: number of answers / labels.
         loss: "bce" (soft scores / multi-label targets) or "ce" (single label).
         hidden_mult: MLP hidden width as a multiple of the pooled width (2 x fusion width).
+        pool: how the pair feature is read from the fusion output (see :func:`pool_fused`).
     """
 
-    def __init__(self, backbone: MPMAModel, classes: int, loss: str = "ce", hidden_mult: float = 2.0) -> None:
+    def __init__(self, backbone: MPMAModel, classes: int, loss: str = "ce", hidden_mult: float = 2.0,
+                 pool: str = "cls") -> None:
         super().__init__()
         if loss not in ("bce", "ce"):
             raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
+        if pool not in POOLINGS:
+            raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
         self.backbone = backbone
         pooled = 2 * backbone.config.fusion.width
         self.head = ClassifierHead(pooled, classes, hidden=int(hidden_mult * pooled))
         self.loss = loss
+        self.pool = pool
 
     def logits(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """(B, classes) logits (and the fusion output when ``return_attention``)."""
         vision = self.backbone.encode_image(batch["images"])
         text = self.backbone.encode_text(batch["input_ids"], batch["attention_mask"])
         fused = self.backbone.fuse(text, batch["attention_mask"], vision.tokens, return_attention=return_attention)
-        logits = self.head(fused.pooled)
+        logits = self.head(pool_fused(fused, batch["attention_mask"], self.pool))
         return (logits, fused) if return_attention else logits
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> StepResult:
