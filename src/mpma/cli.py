@@ -103,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     quick = commands.add_parser("quickstart", help="pre-train tiny on synthrad, fine-tune VQA + retrieval from it "
-                                "and from scratch, print one table (about 10 minutes on a CPU)")
+                                "and from scratch, print one table (~14 minutes on 2 CPU cores)")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart); "
                        "re-running continues where it stopped")
     quick.add_argument("--no-progress", action="store_true")
     quick.add_argument("overrides", nargs="*", metavar="key.sub=value", help="pre-training overrides")
     quick.set_defaults(func=cmd_quickstart)
 
-    pretrain = commands.add_parser("pretrain", help="pre-train MPMA (default: synthrad + tiny, a few minutes on a CPU)")
+    pretrain = commands.add_parser("pretrain", help="pre-train MPMA (default: synthrad + tiny, ~5 minutes on 2 CPU cores)")
     _add_config_arguments(pretrain)
     pretrain.add_argument("--out", help="run folder (default: runs/pretrain)")
     pretrain.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

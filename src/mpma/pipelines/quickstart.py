@@ -1,4 +1,4 @@
-"""``mpma quickstart``: the whole pipeline on synthrad in about ten minutes on a laptop CPU.
+"""``mpma quickstart``: the whole pipeline on synthrad in ~14 minutes on 2 CPU cores (5 of them pre-training).
 
 1. pre-train MPMA (``tiny``) on synthrad;
 2. fine-tune and evaluate VQA and retrieval from the pre-trained model and from scratch
