@@ -135,6 +135,25 @@ def test_vqa_answer_vocabulary_conventions():
 # ----------------------------------------------------------------------------- retrieval cost
 
 
+@pytest.mark.parametrize("lr", ["0.0", "3e-3"])
+def test_retrieval_from_a_pretrained_run_scores_the_zero_shot_weights_as_epoch_0(tmp_path, pretrained_run, lr):
+    out = tmp_path / "retrieval"
+    assert main(["finetune", "retrieval", "--init", str(pretrained_run), "--out", str(out), "--no-progress",
+                 *SMALL_DATA, "epochs=2", f"optim.lr={lr}"]) == 0
+    val_lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert [line["epoch"] for line in val_lines] == [0, 1, 2]
+    best_epoch = json.loads((out / "metrics.json").read_text())["best_epoch"]
+    means = [(v["val"]["i2t"]["R@1"] + v["val"]["t2i"]["R@1"]) / 2 for v in val_lines]
+    if lr == "0.0":  # weights never move: every epoch ties with the zero-shot weights, which are kept
+        assert best_epoch == 0 and len(set(means)) == 1
+    else:  # the kept epoch is the first with the best validation score
+        assert best_epoch == means.index(max(means))
+    scratch = tmp_path / "scratch"
+    assert main(["finetune", "retrieval", "--init", "scratch", "--out", str(scratch), "--no-progress", *SMALL_DATA,
+                 f"preset={pretrained_run / 'config.json'}"]) == 0
+    assert '"epoch": 0' not in (scratch / "log.jsonl").read_text()  # a random head is no zero-shot model
+
+
 @pytest.mark.slow
 def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
     from mpma.config import load_config

@@ -213,6 +213,12 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
                 ckpt.save_weights(run.module, run_dir / "best" / ckpt.WEIGHTS)
             write_run_curves(run_dir)  # curves.png after each epoch's validation line; never raises
 
+        if epochs > 0 and config.task == "retrieval" and config.init != "scratch" and run.backbone.has_global_alignment:
+            # a pre-trained GLA head is already a retrieval model: score it as "epoch 0", so a fine-tune
+            # that does not beat zero-shot on val keeps the zero-shot weights (best_epoch 0)
+            if env.is_main:
+                end_of_epoch(0)
+            distributed.barrier()
         if epochs > 0:
             module = run.module
             groups = parameter_groups(module, config.optim, module.head_parameter_names(),
