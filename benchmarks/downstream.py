@@ -38,6 +38,7 @@ TASK_BUDGETS = {
     "txt_cls": ["epochs=2", "data.train_size=150", "data.val_size=50", "data.test_size=200"],
     "zero_shot_cls": ["data.test_size=600", "head.prompt=there is {label}."],
 }
+VARIANT_TASK = {"vqa_seed1": "vqa", "retrieval_zero_shot": "retrieval", "img_cls_probe_10pct": "img_cls"}
 HEADLINE = {"vqa": ("overall", "open", "closed"), "vqa_seed1": ("overall", "open", "closed"), "mm_cls": ("accuracy", "macro_f1"), "img_cls": ("macro_auc",),
             "img_cls_probe_10pct": ("macro_auc",), "txt_cls": ("accuracy", "macro_f1"),
             "zero_shot_cls": ("macro_auc",), "retrieval": ("i2t R@1", "t2i R@1", "i2t R@5"),
@@ -54,7 +55,7 @@ def pretrain(out: Path, preset: str, overrides: list[str]) -> Path:
 
 def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = (), task: str | None = None) -> dict:
     if task is None:  # table keys are task names with a variant suffix
-        task = key if key == "zero_shot_cls" else key.split("_probe")[0].removesuffix("_zero_shot").removesuffix("_seed1")
+        task = VARIANT_TASK.get(key, key)
     run_dir = out / f"{key}-{Path(init).name}"
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())

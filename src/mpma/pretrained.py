@@ -439,16 +439,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Pretrain
 # ------------------------------------------------------------------------------------------ model card
 
 
-def _flat_metrics(value, prefix: str = "") -> list[tuple[str, float]]:
-    rows = []
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            rows += _flat_metrics(sub, f"{prefix}{key}.")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        rows.append((prefix.rstrip("."), value))
-    return rows
-
-
 def model_card(meta: dict, task: dict | None, metrics: dict | None, provenance: dict, n_params: int) -> str:
     """MODEL_CARD.md: architecture, pre-training data and steps, results, intended use and limits."""
     config = meta["backbone"]
@@ -490,7 +480,9 @@ def model_card(meta: dict, task: dict | None, metrics: dict | None, provenance: 
     if not (pre or converted or fine):
         lines.append("- not recorded")
     lines += ["", "## Evaluation", ""]
-    rows = _flat_metrics(metrics.get("test", metrics)) if metrics else []
+    from mpma.eval.metrics import scalar_items
+
+    rows = scalar_items(metrics.get("test", metrics)) if metrics else []
     if rows:
         lines += ["| metric | value |", "|---|---|"] + [
             f"| {name} | {value:.4f} |" if isinstance(value, float) and not value.is_integer() else f"| {name} | {value:g} |"

@@ -306,3 +306,18 @@ def vqa_accuracy(
         "n_out_of_vocab": int((~in_vocab).sum()),
         "out_of_vocab": float((~in_vocab).mean()),
     }
+
+
+def scalar_items(value, prefix: str = "") -> list[tuple[str, float]]:
+    """Every number in a nested metrics dict as (dotted name, value), in insertion order.
+
+    ``{"i2t": {"R@1": 0.5}, "n": 3, "note": "x"}`` -> ``[("i2t.R@1", 0.5), ("n", 3)]`` (booleans and
+    strings are skipped).
+    """
+    rows = []
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            rows += scalar_items(sub, f"{prefix}{key}.")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        rows.append((prefix.rstrip("."), value))
+    return rows

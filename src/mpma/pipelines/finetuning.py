@@ -251,16 +251,9 @@ def _loss_names(config: FinetuneConfig) -> list[str]:
 
 def metrics_markdown(result: dict) -> str:
     """A markdown table of the scalar test metrics."""
-    rows = []
+    from mpma.eval.metrics import scalar_items
 
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}{key}." if prefix or key else key, sub)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append((prefix.rstrip("."), value))
-
-    walk("", result["test"])
+    rows = scalar_items(result["test"])
     lines = [f"# {result['task']} (init: {result['init']}, best epoch {result['best_epoch']} of {result['epochs']})", "",
              "| metric | test |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]

@@ -63,7 +63,7 @@ class FusedClassifier(nn.Module):
         if loss not in ("bce", "ce"):
             raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
         if pool not in POOLINGS:
-            raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+            raise ValueError(f"head.pool must be one of {POOLINGS}, got {pool!r}")
         self.backbone = backbone
         pooled = 2 * backbone.config.fusion.width
         self.head = ClassifierHead(pooled, classes, hidden=int(hidden_mult * pooled))

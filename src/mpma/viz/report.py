@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpma.eval.metrics import scalar_items
+
 Block = tuple  # ("h2", text) | ("p", text) | ("table", headers, rows) | ("img", file, caption) | ("pre", text)
 
 
@@ -57,16 +59,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _flat(value, prefix: str = "") -> list[tuple[str, float]]:
-    rows = []
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            rows += _flat(sub, f"{prefix}{key}.")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        rows.append((prefix.rstrip("."), value))
-    return rows
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -270,7 +262,7 @@ def _finetune_sections(report: Report, run: Path, out: Path, examples: int) -> N
         report.table(["epoch", "step", *names], [[e["epoch"], e["step"], *[e["val"].get(k) for k in names]] for e in epochs])
     if metrics:
         report.h2("Test metrics (best epoch)")
-        report.table(["metric", "test"], [[k, v] for k, v in _flat(metrics.get("test", {}))])
+        report.table(["metric", "test"], [[k, v] for k, v in scalar_items(metrics.get("test", {}))])
         if config.get("task") == "vqa" and (run / "best").is_dir() and examples > 0:
             _examples_guard(report, "VQA breakdown", lambda: _vqa_breakdown(report, run, out))
     report.h2("Configuration (config.json)")
