@@ -44,8 +44,8 @@ def build_pretrain_data(config: Config) -> PretrainData:
         from mpma.data.synthrad import SynthRad
 
         common = dict(seed=config.data.seed, image_size=size, normal_fraction=config.data.normal_fraction)
-        # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x
-        # (and the tokenizer's text pass renders them all once), so rendering is paid once per case.
+        # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
+        # so rendering is paid once per case.
         keep_all = -1 if config.data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
         train = SynthRad(config.data.train_size, offset=0, cache_size=keep_all, **common)
         held_out = SynthRad(config.run.eval_size, offset=config.data.train_size, **common)
