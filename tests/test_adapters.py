@@ -26,7 +26,7 @@ def run(dataset: str, src: Path, out: Path, **options: object):
 def test_registry_lists_every_family() -> None:
     assert set(ADAPTERS) == {"roco", "medicat", "mimic-cxr", "iu-xray", "vqa-rad", "slake",
                              "vqa-med-2019", "pathvqa", "melinda", "chexpert",
-                             "rsna-pneumonia", "chestxray14", "generic"}
+                             "rsna-pneumonia", "chestxray14", "generic", "medpix"}
     for cls in ADAPTERS.values():
         assert cls.layout and cls.source and cls.__doc__
 

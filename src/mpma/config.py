@@ -104,15 +104,66 @@ class ObjectivesConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data comes from and how it is batched."""
+    """Where the data comes from and how it is batched.
+
+    ``sources`` mixes several pair sources in one pre-training run and, when set, replaces
+    ``dataset``. Each entry is ``"SPEC@WEIGHT"``: SPEC is anything ``dataset`` accepts (``synthrad``,
+    a manifest path or prepare folder, ``name:path``) and WEIGHT a positive number, the source's
+    share of the draws (``@WEIGHT`` may be left out: 1). The held-out set of the zero-shot retrieval
+    check is the first source with a validation split (synthrad always has one).
+    """
 
     dataset: str = "synthrad"  # "synthrad" or a manifest path ("name:path" also accepted)
+    sources: list[str] | None = None  # ["SPEC@WEIGHT", ...]: a weighted mixture; replaces dataset
+    mixture_size: int = 0  # draws per epoch of a sources mixture; 0 = the sources' sizes summed
+    image_cache_mb: int = 512  # decoded, downsized manifest training images kept in memory (per process)
     train_size: int = 20000  # synthrad only
     val_size: int = 500  # synthrad only: held-out pairs for the zero-shot retrieval check
     normal_fraction: float = 0.1
     batch_size: int = 64
     num_workers: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mixture_size < 0:
+            raise ConfigError(f"data.mixture_size: expected >= 0 (0 = the sources' sizes summed), got {self.mixture_size}")
+        if self.image_cache_mb < 0:
+            raise ConfigError(f"data.image_cache_mb: expected >= 0 (0 = no cache), got {self.image_cache_mb}")
+        if self.sources is not None:
+            self.parsed_sources()
+
+    def parsed_sources(self) -> list[tuple[str, float]]:
+        """``sources`` as ``(spec, weight)`` pairs (syntax only; the build step checks the files).
+
+        Raises:
+            ConfigError: An empty list, an empty SPEC, a WEIGHT that is not a positive finite number,
+                or a SPEC listed twice; the message names the entry.
+        """
+        import math
+
+        if not self.sources:
+            raise ConfigError("data.sources: empty list; give entries like [medpix.jsonl@1, synthrad@0.5] "
+                              "or leave it null to use data.dataset")
+        parsed: list[tuple[str, float]] = []
+        for i, entry in enumerate(self.sources):
+            where = f"data.sources[{i}] {entry!r}"
+            spec, at, tail = entry.strip().rpartition("@")
+            if not at:
+                spec, tail = tail, "1"
+            spec = spec.strip()
+            try:
+                weight = float(tail)
+            except ValueError:
+                raise ConfigError(f"{where}: expected SPEC@WEIGHT with a number after the last '@', "
+                                  f"got {tail!r}") from None
+            if not spec:
+                raise ConfigError(f"{where}: empty SPEC before '@' (synthrad, a manifest path or name:path)")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(f"{where}: the weight must be a positive number, got {tail!r}")
+            if spec in (s for s, _ in parsed):
+                raise ConfigError(f"{where}: {spec!r} is listed twice; give it one entry with the summed weight")
+            parsed.append((spec, weight))
+        return parsed
 
 
 @dataclass

@@ -47,10 +47,15 @@ def iterate_batches(
 ) -> Iterator[dict]:
     """Endless batches starting at global batch number ``start`` (epochs follow one another).
 
-    With ``num_workers > 0`` batches are built in background processes.
+    A dataset with ``set_epoch(epoch)`` (augmenting manifests, mixtures) is told each epoch before
+    its loader is built, so its random draws depend on (seed, epoch, index) only and a resumed run
+    replays them. With ``num_workers > 0`` batches are built in background processes (started
+    anew each epoch, so they see the epoch that was set).
     """
     epoch, offset = divmod(start, sampler.batches_per_epoch)
     while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         batches = sampler.epoch(epoch)[offset:]
         loader = DataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,

@@ -311,7 +311,8 @@ def is_packed(path: str | os.PathLike[str]) -> bool:
     return (path / INDEX).is_file() or (path / "shards" / INDEX).is_file()
 
 
-def open_pairs(path: str | os.PathLike[str], split: str, image_size: int, **kwargs: Any):
+def open_pairs(path: str | os.PathLike[str], split: str, image_size: int, *, train: bool = False,
+               seed: int = 0, cache: Any = 0, **packed: Any):
     """Image-text pairs from a prepared manifest or a packed folder.
 
     Args:
@@ -319,7 +320,12 @@ def open_pairs(path: str | os.PathLike[str], split: str, image_size: int, **kwar
             ``manifest.jsonl`` is used, or its shards when it was packed) or a ``shards`` folder.
         split: Split to read.
         image_size: Output side length S.
-        **kwargs: Passed to :class:`PackedDataset` (``train``, ``seed``, ``rank``, ...) when
+        train: Random resized crop augmentation (see :class:`~mpma.data.image.ImageTransform`),
+            seeded from ``seed`` on both paths.
+        seed: Base seed of the augmentation (and of a packed stream's shuffles).
+        cache: Byte budget (int or :class:`~mpma.data.pairs.ByteBudget`) of a manifest's in-memory
+            image cache; a packed folder ignores it.
+        **packed: Passed to :class:`PackedDataset` (``repeat``, ``rank``, ``buffer_size``, ...) when
             ``path`` is packed; ignored for a manifest.
 
     Returns:
@@ -333,9 +339,9 @@ def open_pairs(path: str | os.PathLike[str], split: str, image_size: int, **kwar
 
     path = Path(path)
     if path.is_dir() and is_packed(path):
-        return PackedDataset(path, split, image_size, **kwargs)
+        return PackedDataset(path, split, image_size, train=train, seed=seed, **packed)
     manifest = path / "manifest.jsonl" if path.is_dir() else path
     if not manifest.is_file():
         raise FileNotFoundError(f"{path}: neither a manifest file nor a folder with manifest.jsonl "
                                 "or shards/index.json; run `mpma data prepare` first")
-    return ManifestPairs(manifest, split, image_size)
+    return ManifestPairs(manifest, split, image_size, train=train, seed=seed, cache=cache)

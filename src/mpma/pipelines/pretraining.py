@@ -35,35 +35,75 @@ class PretrainData:
 
 
 def build_pretrain_data(config: Config) -> PretrainData:
-    """synthrad (default) or a pre-training manifest (``data.dataset=PATH`` or ``name:PATH``)."""
-    from mpma.data.pairs import ManifestPairs, SynthradPairs, parse_data_spec
+    """synthrad (default), a pre-training manifest (``data.dataset=PATH`` or ``name:PATH``), or a
+    weighted mixture of such sources (``data.sources=[SPEC@WEIGHT, ...]``).
 
-    name, path = parse_data_spec(config.data.dataset)
-    size = config.vision.image_size
-    if name == "synthrad":
-        from mpma.data.synthrad import SynthRad
-
-        common = dict(seed=config.data.seed, image_size=size, normal_fraction=config.data.normal_fraction)
-        # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
-        # so rendering is paid once per case.
-        keep_all = -1 if config.data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
-        train = SynthRad(config.data.train_size, offset=0, cache_size=keep_all, **common)
-        held_out = SynthRad(config.run.eval_size, offset=config.data.train_size, **common)
-        return PretrainData(SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad")
+    Manifest training images are augmented (random resized crop seeded by (seed, epoch, draw)) and
+    kept decoded in memory within ``data.image_cache_mb``; held-out images never are augmented.
+    A mixture's held-out set is that of its first source with a 'val' (or 'validation') split
+    (synthrad always has one); a packed folder cannot be mixed (it streams), pass its manifest.
+    """
+    from mpma.config import ConfigError
+    from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, SynthradPairs, parse_data_spec
     from mpma.data.shards import open_pairs
 
-    source = Path(path)
-    train = open_pairs(source, "train", size, train=True, seed=config.data.seed, repeat=True)
-    held_out = None
-    for split in ("val", "validation"):
-        try:
-            held_out = open_pairs(source, split, size)
-            break
-        except ValueError:
-            continue
-    if held_out is not None and not isinstance(held_out, ManifestPairs):
-        held_out = None  # a packed validation stream: the retrieval check reads map-style data only
-    return PretrainData(train, held_out, f"manifest-{source.resolve()}")
+    data, size = config.data, config.vision.image_size
+    budget = ByteBudget(data.image_cache_mb * 2**20)  # shared by every manifest source
+
+    def open_source(spec: str) -> tuple:
+        """(train, held-out or None, name) of one source."""
+        name, path = parse_data_spec(spec)
+        if name == "synthrad":
+            from mpma.data.synthrad import SynthRad
+
+            common = dict(seed=data.seed, image_size=size, normal_fraction=data.normal_fraction)
+            # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
+            # so rendering is paid once per case.
+            keep_all = -1 if data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
+            train = SynthRad(data.train_size, offset=0, cache_size=keep_all, **common)
+            held_out = SynthRad(config.run.eval_size, offset=data.train_size, **common)
+            return SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad"
+        source = Path(path)
+        train = open_pairs(source, "train", size, train=True, seed=data.seed, cache=budget, repeat=True)
+        held_out = None
+        for split in ("val", "validation"):
+            try:
+                held_out = open_pairs(source, split, size)
+                break
+            except ValueError:
+                continue
+        if held_out is not None and not isinstance(held_out, ManifestPairs):
+            held_out = None  # a packed validation stream: the retrieval check reads map-style data only
+        return train, held_out, f"manifest-{source.resolve()}"
+
+    if data.sources is None:
+        train, held_out, name = open_source(data.dataset)
+    else:
+        trains, names, held_out = [], [], None
+        for i, (spec, weight) in enumerate(data.parsed_sources()):
+            where = f"data.sources[{i}] {data.sources[i]!r}"
+            try:
+                train, held, name = open_source(spec)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{where}: {error}") from None
+            except ValueError as error:  # ManifestError, a missing split, ...
+                raise ConfigError(f"{where}: {error}") from None
+            if not isinstance(train, ManifestPairs | SynthradPairs):
+                raise ConfigError(f"{where}: a packed folder streams its shards and cannot be mixed; "
+                                  "pass its manifest.jsonl instead")
+            if name == "synthrad":  # its texts depend on these: the tokenizer cache must tell them apart
+                name = f"synthrad-s{data.seed}-n{data.train_size}-f{data.normal_fraction:g}"
+            trains.append(train)
+            names.append(f"{name}@{weight:g}")
+            held_out = held_out if held_out is not None else held
+        weights = [weight for _, weight in data.parsed_sources()]
+        train = MixturePairs(trains, weights, length=data.mixture_size or None, seed=data.seed, names=names)
+        name = "mixture:" + "+".join(names)
+    if data.num_workers > 0:  # workers are forked each epoch: fill the cache here, where it persists
+        for dataset in getattr(train, "sources", [train]):
+            if isinstance(dataset, ManifestPairs):
+                dataset.fill_cache(threads=data.num_workers)
+    return PretrainData(train, held_out, name)
 
 
 def build_tokenizer(config: Config, data: PretrainData):

@@ -15,12 +15,13 @@ from mpma.data.adapters.base import Adapter, Item, LayoutError, hash_split, norm
 from mpma.data.adapters.captions import MedicatAdapter, RocoAdapter
 from mpma.data.adapters.chest import ChestXray14Adapter, ChexpertAdapter, RsnaPneumoniaAdapter
 from mpma.data.adapters.generic import GenericAdapter, MelindaAdapter
+from mpma.data.adapters.medpix import MedpixAdapter
 from mpma.data.adapters.reports import IuXrayAdapter, MimicCxrAdapter
 from mpma.data.adapters.vqa import PathVqaAdapter, SlakeAdapter, VqaMed2019Adapter, VqaRadAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.name: cls for cls in (
-        RocoAdapter, MedicatAdapter, MimicCxrAdapter, IuXrayAdapter,
+        RocoAdapter, MedicatAdapter, MedpixAdapter, MimicCxrAdapter, IuXrayAdapter,
         VqaRadAdapter, SlakeAdapter, VqaMed2019Adapter, PathVqaAdapter,
         MelindaAdapter, ChexpertAdapter, RsnaPneumoniaAdapter, ChestXray14Adapter,
         GenericAdapter,
