@@ -100,6 +100,7 @@ def test_finetune_each_task_from_scratch_writes_metrics_and_reloads(tmp_path, mi
     from mpma.pipelines.finetuning import evaluate_run
 
     again = evaluate_run(out, "test")
+    assert again.pop("test_set") == metrics["test_set"]  # the same test-set identity as at the end of training
     assert _same(json.loads(json.dumps(again, default=float)), metrics["test"])
 
 
@@ -182,3 +183,49 @@ def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
     # re-ranking only reorders the top-k: R@K for K >= k is unchanged
     assert report["itm_reranked"]["i2t"]["R@5"] == plain["i2t"]["R@5"]
     assert report["i2t"] == plain["i2t"]
+
+
+# ----------------------------------------------------------------------------- image-use checks
+
+
+def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path, micro_preset):
+    """A question-only model sees all-zero images; the shuffled test score differs from the plain one
+    only through the images (each example keeps its question and answer)."""
+    from mpma.config import load_config
+    from mpma.data.task_batches import TaskCollator
+    from mpma.finetune_config import FinetuneConfig
+    from mpma.pipelines.finetuning import FinetuneRun
+
+    config = load_config(None, [f"preset={micro_preset}", *SMALL_DATA], cls=FinetuneConfig)
+    run = FinetuneRun(config, torch.device("cpu"))
+    examples = run.data.splits["test"][:4]
+    batch = run.collate(examples)
+    assert batch["images"].abs().sum() > 0
+    blank = TaskCollator("vqa", run.tokenizer, 16, run.collate.images, run.classes, blank_images=True)(examples)
+    assert torch.count_nonzero(blank["images"]) == 0
+    assert torch.equal(blank["input_ids"], batch["input_ids"])
+
+    seen, collate = [], run.collate
+
+    def recording_collate(batch_examples):
+        seen.extend(batch_examples)
+        return collate(batch_examples)
+
+    run.collate = recording_collate
+    original = run.data.splits["test"]
+    run.evaluate("test", shuffle_images=True)
+    assert [e["question"] for e in seen] == [e["question"] for e in original]
+    assert [e["answer"] for e in seen] == [e["answer"] for e in original]
+    assert [e["image"] for e in seen] != [e["image"] for e in original]
+    assert sorted(map(repr, (e["image"] for e in seen))) == sorted(map(repr, (e["image"] for e in original)))
+
+
+@pytest.mark.slow
+def test_question_only_run_skips_the_shuffled_score_and_an_image_run_records_it(tmp_path, micro_preset):
+    image_run, blank_run = tmp_path / "image", tmp_path / "blank"
+    assert main(["finetune", "vqa", "--out", str(image_run), "--no-progress", f"preset={micro_preset}", *SMALL_DATA]) == 0
+    assert main(["finetune", "vqa", "--out", str(blank_run), "--no-progress", f"preset={micro_preset}", *SMALL_DATA,
+                 "data.blank_images=true"]) == 0
+    with_images = json.loads((image_run / "metrics.json").read_text())
+    assert set(with_images["test_shuffled_images"]) >= {"overall", "open", "closed"}
+    assert "test_shuffled_images" not in json.loads((blank_run / "metrics.json").read_text())

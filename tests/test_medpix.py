@@ -259,3 +259,7 @@ def test_real_release(tmp_path: Path) -> None:
     assert len(case_splits) == 669 and all(len(s) == 1 for s in case_splits.values())
     assert len({r["meta"]["synpic"] for r in rows}) == 2040
     assert dict(result.splits) == {"train": 1814, "val": 142, "test": 84}
+    # the shared copy lacks the 10 VQA-RAD test images on purpose: the summary says so
+    assert result.matches_published is False
+    assert ("total  2,040 differs from the published 2,050 by -10: the release read here has 10 "
+            "fewer entries than published") in result.summary()

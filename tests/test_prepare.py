@@ -35,6 +35,8 @@ def test_real_vqa_rad(tmp_path: Path) -> None:
     result = prepare("vqa-rad", _needs("vqa_rad"), tmp_path, workers=2, progress=False)
     assert result.splits == {"train": 3064, "test": 451} and not result.rejected
     assert result.decoded == 314  # each distinct image decoded once, not once per question
+    assert result.matches_published is True
+    assert "published counts: matches the published 3,064 / 451 (train / test" in result.summary()
     records = read_manifest(tmp_path / "manifest.jsonl", "vqa")
     assert all((tmp_path / r.image).is_file() for r in records[:50])
 

@@ -69,6 +69,25 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_coverage(args: argparse.Namespace) -> int:
+    from mpma.data.text import corpus_texts, load_tokenizer, unknown_token_rate
+
+    folder = Path(args.tokenizer)
+    tokenizer = load_tokenizer(folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder)  # or a run folder
+    reports = {spec: unknown_token_rate(tokenizer, corpus_texts(spec, train_only=not args.all_splits), top_k=args.top)
+               for spec in args.corpus}
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    for spec, r in reports.items():
+        print(f"{spec}: {r['rate']:.2%} [UNK] ({r['unk_tokens']} of {r['tokens']} tokens; {r['texts_with_unk']} of "
+              f"{r['texts']} texts; {r['tokens_per_word']:.2f} tokens per word; "
+              f"{r['distinct_unknown_words']} distinct unknown words)")
+        if r["top_unknown_words"]:
+            print("  most frequent unknown words: " + ", ".join(f"{w} ({n})" for w, n in r["top_unknown_words"]))
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from mpma.pipelines.finetuning import finetune_config, run_finetune
 
@@ -84,8 +103,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mpma.pipelines.finetuning import evaluate_run
 
+    from mpma.data.published import describe_identity
+
     metrics = evaluate_run(args.run, args.split)
     print(json.dumps(metrics, indent=2, default=float))
+    print(f"{args.split} set: {describe_identity(metrics['test_set'])}")
     return 0
 
 
@@ -152,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vocab-size", type=int, default=8000)
     train.add_argument("--cased", action="store_true", help="keep case (default: lower-case)")
     train.set_defaults(func=cmd_tokenizer_train)
+    coverage = tok.add_parser("coverage", help="share of [UNK] tokens (and the unknown words) of corpora "
+                              "under a tokenizer")
+    coverage.add_argument("--tokenizer", required=True, help="tokenizer folder, or a run folder holding tokenizer/")
+    coverage.add_argument("--corpus", required=True, nargs="+", metavar="SPEC",
+                          help="a JSONL manifest (train split), a text file, a JSON list (trainset.json), "
+                               "vqa-rad:FOLDER (train questions) or roco:PATH (captions.txt)")
+    coverage.add_argument("--all-splits", action="store_true",
+                          help="read every split of manifests and accept testset.json (measuring only)")
+    coverage.add_argument("--top", type=int, default=20, help="unknown words to list (default: 20)")
+    coverage.add_argument("--json", action="store_true", help="print the reports as JSON")
+    coverage.set_defaults(func=cmd_tokenizer_coverage)
     from mpma.cli_models import register as register_model_commands
 
     register_model_commands(commands)  # convert, predict

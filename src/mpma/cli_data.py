@@ -42,7 +42,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"error: unknown dataset {args.dataset!r}; choose one of "
                   f"{', '.join(ADAPTERS)}", file=sys.stderr)
             return 2
+        from mpma.data.published import registry_lines
+
         print(f"{args.dataset}: {cls.source}\n{cls.layout}\n\n{textwrap.dedent(cls.__doc__ or '')}")
+        print("published counts (every prepare run is compared with them):")
+        print("\n".join(registry_lines(cls.published)))
         return 0
     if not args.src or not args.out:
         print("error: prepare needs --src <release folder> and --out <folder>", file=sys.stderr)
@@ -123,7 +127,9 @@ def register(data: argparse._SubParsersAction) -> None:
         description="Read a dataset exactly as downloaded, check every record (image decodes, "
                     "text non-empty, label known, id unique) and write manifest.jsonl, "
                     "rejects.jsonl and prepare.json to --out. A bad record is reported, never "
-                    "fatal (unless --strict). Rerunning into the same --out resumes.")
+                    "fatal (unless --strict). The kept counts per split are compared with the "
+                    "counts of the dataset's paper or release. Rerunning into the same --out "
+                    "resumes.")
     prep.add_argument("dataset", help="dataset name (listed below)")
     prep.add_argument("--src", help="the release folder as downloaded")
     prep.add_argument("--out", help="output folder")
@@ -134,7 +140,9 @@ def register(data: argparse._SubParsersAction) -> None:
     prep.add_argument("--image-size", type=int, default=256,
                       help="shorter side of packed images, never upscaled (default: 256)")
     prep.add_argument("--shard-mb", type=float, default=64.0, help="shard size bound (default 64)")
-    prep.add_argument("--strict", action="store_true", help="fail if any record is rejected")
+    prep.add_argument("--strict", action="store_true",
+                      help="fail if any record is rejected or a kept count differs from a "
+                           "verified published count (no manifest is written)")
     prep.add_argument("--workers", type=int, default=None,
                       help="image decoding processes (default: all usable CPUs)")
     prep.add_argument("--fresh", action="store_true",

@@ -49,11 +49,22 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """BERT-family text encoder built from a Hugging Face config."""
+    """BERT-family text encoder built from a Hugging Face config.
+
+    ``tokenizer_corpora`` adds texts to those a tokenizer trained on the fly learns from (the run's
+    own training texts, first 20,000): typically the downstream text, so that fine-tuning questions
+    are not [UNK]. Each entry is a JSONL manifest or prepare folder (VQA: questions; pre-training:
+    ``text``; classification: ``text`` + ``text_pair``; "train" split records only), a JSON list
+    such as VQA-RAD's ``trainset.json``, ``vqa-rad:FOLDER`` (its ``trainset.json`` questions, never
+    the test split), ``roco:PATH`` (a ROCO ``captions.txt`` or a folder of them) or a text file (one
+    text per line, ``ID<TAB>text`` accepted); the first 100,000 texts of each are used. The cached
+    tokenizer is keyed on the corpora's texts; a missing or unreadable entry is an error naming it.
+    """
 
     model_type: str = "roberta"  # a transformers model_type: "bert", "roberta", ...
     tokenizer: str | None = None  # local tokenizer folder; None trains one on the data (cached)
     vocab_size: int = 8000  # size of a tokenizer trained on the fly
+    tokenizer_corpora: list[str] | None = None  # extra texts for that tokenizer (see the docstring)
     width: int = 768
     depth: int = 12
     heads: int = 12
@@ -63,6 +74,22 @@ class TextConfig:
     whole_word: bool = False
     dropout: float = 0.1  # hidden and attention dropout of the text encoder (BERT/RoBERTa default 0.1)
     init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokenizer_corpora is None:
+            return
+        seen = set()
+        for i, entry in enumerate(self.tokenizer_corpora):
+            where = f"text.tokenizer_corpora[{i}] {entry!r}"
+            spec = entry.strip()
+            if not spec or spec.endswith(":"):
+                raise ConfigError(f"{where}: empty corpus; give a manifest, a text file, vqa-rad:PATH or roco:PATH")
+            if spec in seen:
+                raise ConfigError(f"{where}: listed twice")
+            seen.add(spec)
+        if self.tokenizer_corpora and (self.tokenizer or self.init):
+            raise ConfigError("text.tokenizer_corpora only shapes a tokenizer trained on the fly; text.tokenizer / "
+                              "text.init bring their own tokenizer: drop one of them")
 
 
 @dataclass

@@ -23,6 +23,7 @@ class TaskDataConfig:
     eval_batch_size: int = 128
     num_workers: int = 0
     seed: int = 0
+    blank_images: bool = False  # every image replaced by a blank one: a question/text-only model (a floor)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class HeadConfig:
     answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
     hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width
     pool: str = "cls"  # vqa/mm_cls pair feature: "cls" (pooled CLS of both streams) or "mean" (token means)
+    train_fit: bool = True  # also score the best weights on the training split ("train_fit" in metrics.json)
+    shuffled_eval: bool = True  # vqa/mm_cls: also score test with images shuffled among examples (seeded)
     image_mode: str = "finetune"  # img_cls: "finetune" the vision encoder or "linear_probe"
     retrieval_itm: bool = False  # retrieval fine-tune: add the ITM loss (needs an ITM head)
     rerank_k: int = 0  # retrieval evaluation: re-rank the top-k by ITM (0 = off)

@@ -5,7 +5,8 @@ Output folder::
     manifest.jsonl     kept records (image paths relative to this folder when the release and
                        this folder share a parent below the filesystem root, else absolute)
     rejects.jsonl      one {"id", "source", "reason", "detail"} per left-out record
-    prepare.json       dataset, options, counts per split / reject reason / exclusion reason
+    prepare.json       dataset, options, counts per split / reject reason / exclusion reason,
+                       and the comparison with the published counts (``published``)
     shards/            with --pack: index.json + <split>-NNNNN.tar (see mpma.data.shards)
     .cache/images.jsonl  per-image check results, so a rerun (e.g. after a kill) does not decode
                        again what it already checked; delete it or pass fresh=True to recheck
@@ -14,6 +15,11 @@ A rerun into the same folder rewrites the manifest from scratch (no duplicated r
 the image cache and, with ``--pack``, keeps the complete shards of the interrupted run (same
 dataset, options and image size) and packs only the records not in them. A run without
 ``--pack`` removes the ``shards/`` of an earlier packed run (they would no longer match).
+
+Every run is compared with the counts the dataset's paper or release gives
+(:mod:`mpma.data.published`): the summary says per split "matches the published N" or how it
+differs and why (rejects by reason, records excluded by an option, a release that holds fewer
+entries); ``strict`` fails on any difference from a verified published count.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mpma.data.adapters import LayoutError, make_adapter
+from mpma.data.published import Comparison, compare, summary_lines
 from mpma.data.records import record_to_dict, write_manifest
 from mpma.data.shards import INDEX, ShardInfo, ShardWriter, open_pairs, shard_records, write_index
 from mpma.data.validate import ImageCheck, Reject, check_images, record_problem
@@ -38,7 +45,8 @@ STATE = ".state.json"
 
 
 class PrepareError(RuntimeError):
-    """A prepare run cannot complete (``--strict`` with rejects, conflicting output folder)."""
+    """A prepare run cannot complete (``--strict`` with rejects or a difference from a verified
+    published count, conflicting output folder)."""
 
 
 @dataclass
@@ -55,6 +63,16 @@ class PrepareResult:
     splits: Counter[str] = field(default_factory=Counter)
     decoded: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
+    split_rejected: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    split_excluded: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    published: list[Comparison] = field(default_factory=list)
+    registered: bool = False
+
+    @property
+    def matches_published(self) -> bool | None:
+        """All compared published counts match (``None``: nothing was compared)."""
+        compared = [c for c in self.published if c.compared]
+        return all(c.matches for c in compared) if compared else None
 
     def summary(self) -> str:
         lines = [f"{self.dataset}: {self.total:,} entries read -> kept {self.kept:,}, rejected "
@@ -63,6 +81,7 @@ class PrepareResult:
         lines += [f"  excluded  {n:>9,}  {reason}" for reason, n in self.excluded.most_common()]
         lines.append("  kept per split: " + (", ".join(f"{s} {n:,}" for s, n in sorted(
             self.splits.items())) or "none"))
+        lines += [f"  {line}" for line in summary_lines(self.published, self.registered)]
         lines.append(f"  manifest: {self.out / 'manifest.jsonl'}")
         lines.append(f"  rejects:  {self.out / 'rejects.jsonl'}")
         if self.shards:
@@ -163,7 +182,8 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
         options: Adapter options (``{"uncertain": "zeros"}``); strings are converted.
         pack: Also write shards of images resized to ``image_size`` (shorter side).
         image_size: Shorter side of packed images (they are never upscaled).
-        strict: Raise :class:`PrepareError` if any record is rejected (no manifest is written).
+        strict: Raise :class:`PrepareError` if any record is rejected or a kept count differs
+            from a verified published count (no manifest is written).
         workers: Decoding processes (default: all usable CPUs).
         progress: Show progress bars on stderr.
         shard_mb: Size bound of a shard in MiB.
@@ -179,8 +199,8 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
     Raises:
         LayoutError: ``src`` missing or not the expected release (message shows the layout).
         ValueError: Unknown dataset or option.
-        PrepareError: ``strict`` with rejects; ``out`` holds another dataset; ``pack`` of a
-            record without image.
+        PrepareError: ``strict`` with rejects or a published-count difference; ``out`` holds
+            another dataset; ``pack`` of a record without image.
     """
     adapter = make_adapter(dataset, options)
     src, out = Path(src).expanduser().absolute(), Path(out).expanduser().absolute()
@@ -195,12 +215,15 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
             raise PrepareError(f"{out} holds a prepared {previous!r}, not {dataset!r}; choose "
                                "another --out or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
-    result = PrepareResult(dataset, adapter.kind, out)
+    result = PrepareResult(dataset, adapter.kind, out, registered=bool(adapter.published))
     rejects, candidates = _read(adapter, src, result, progress)
     if pack and any(getattr(r, "image", None) is None for r, _ in candidates):
         raise PrepareError("--pack needs an image for every record; this dataset has text-only ones")
     if strict and rejects:
         _fail_strict(out, rejects)
+    if strict:  # no rejects so far, and any image reject fails: the candidates are the result
+        _strict_published(out, _compare(adapter, src, result, Counter(
+            r.split for r, _ in candidates)))
 
     users: dict[str, list[int]] = {}
     for index, (record, _) in enumerate(candidates):
@@ -273,18 +296,39 @@ def _read(adapter: Any, src: Path, result: PrepareResult,
     for item in tqdm(adapter.items(src), desc=f"reading {result.dataset}", unit="rec",
                      disable=not progress, dynamic_ncols=True):
         result.total += 1
+        split = item.record.split if item.record is not None else item.split
         if item.excluded:
             result.excluded[item.reason or "excluded"] += 1
-        elif item.record is None:
-            rejects.append(Reject(item.id, item.source, item.reason or "invalid", item.detail))
+            result.split_excluded[(split, item.reason or "excluded")] += 1
+            continue
+        if item.record is None:
+            reject = Reject(item.id, item.source, item.reason or "invalid", item.detail)
         elif item.id in seen:
-            rejects.append(Reject(item.id, item.source, "duplicate id", f"first at {seen[item.id]}"))
+            reject = Reject(item.id, item.source, "duplicate id", f"first at {seen[item.id]}")
         elif problem := record_problem(item.record, adapter.label_set()):
-            rejects.append(Reject(item.id, item.source, *problem))
+            reject = Reject(item.id, item.source, *problem)
         else:
             seen[item.id] = item.source
             candidates.append((item.record, item.source))
+            continue
+        rejects.append(reject)
+        result.split_rejected[(split, reject.reason)] += 1
     return rejects, candidates
+
+
+def _compare(adapter: Any, src: Path, result: PrepareResult, kept: Counter) -> list[Comparison]:
+    return compare(adapter.published, adapter.settings(src), kept, result.split_rejected,
+                   result.split_excluded)
+
+
+def _strict_published(out: Path, comparisons: list[Comparison]) -> None:
+    """``--strict``: fail when a kept count differs from a verified published count."""
+    if any(c.differences(verified_only=True) for c in comparisons):
+        _write_lines(out / "rejects.jsonl", [])
+        lines = summary_lines(comparisons, registered=True)
+        raise PrepareError("--strict: the kept records differ from the published counts, so this "
+                           "is not the published dataset; no manifest was written.\n  "
+                           + "\n  ".join(lines))
 
 
 def _writer(folder: Path, split: str, shard_mb: float) -> ShardWriter:
@@ -313,12 +357,20 @@ def _fail_strict(out: Path, rejects: list[Reject]) -> None:
         "without --strict to keep the valid records.")
 
 
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(settings, default=str))
+
+
 def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: Any, pack: bool,
             image_size: int, candidates: list, users: dict[str, list[int]],
             checks: dict[str, ImageCheck], rejects: list[Reject],
             packed: dict[str, str]) -> PrepareResult:
     rejects = rejects + _image_rejects(candidates, users, checks)
     bad = {i for path, check in checks.items() if not check.ok for i in users[path]}
+    for path, check in checks.items():
+        if not check.ok:
+            for i in users[path]:
+                result.split_rejected[(candidates[i][0].split, check.reason)] += 1
     kept = []
     for index, (record, _) in enumerate(candidates):
         if index in bad:
@@ -329,6 +381,7 @@ def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: 
         result.splits[record.split] += 1
     result.kept = len(kept)
     result.rejected = Counter(r.reason for r in rejects)
+    result.published = _compare(adapter, src, result, result.splits)
     write_manifest(out / "manifest.jsonl", kept)
     _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
     if pack:
@@ -349,6 +402,9 @@ def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "total": result.total,
             "kept": result.kept, "splits": dict(result.splits), "rejected": dict(result.rejected),
             "excluded": dict(result.excluded), "packed": pack,
-            "image_size": image_size if pack else None}
+            "image_size": image_size if pack else None,
+            "settings": _jsonable(adapter.settings(src)),
+            "matches_published": result.matches_published,
+            "published": [c.to_dict() for c in result.published]}
     _write_lines(out / "prepare.json", [json.dumps(info, indent=1)])
     return result

@@ -35,10 +35,12 @@ class TaskCollator:
         classes: answer vocabulary (vqa) or label names (classification tasks).
         multi_label: targets are (B, L) multi-hot instead of (B,) class indices.
         soft_targets: VQA targets as (B, A) scores (BCE) instead of (B,) indices (CE).
+        blank_images: every image is the blank (all-zero, i.e. mean-grey after normalisation) image,
+            so a model sees the text alone: the no-image floor of a task.
     """
 
     def __init__(self, task: str, tokenizer, max_length: int, images: ImageStore, classes: list[str] | None = None,
-                 multi_label: bool = False, soft_targets: bool = False) -> None:
+                 multi_label: bool = False, soft_targets: bool = False, blank_images: bool = False) -> None:
         self.task = task
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -47,6 +49,7 @@ class TaskCollator:
         self.index = {name: i for i, name in enumerate(self.classes)}
         self.multi_label = multi_label
         self.soft_targets = soft_targets
+        self.blank_images = blank_images
 
     def _text(self, examples: list[dict]) -> tuple[list[str], list[str] | None]:
         if self.task == "vqa":
@@ -58,6 +61,8 @@ class TaskCollator:
         batch: dict[str, torch.Tensor] = {}
         if self.task != "txt_cls":
             batch["images"] = torch.stack([self.images(e["image"]) for e in examples])
+            if self.blank_images:
+                batch["images"] = torch.zeros_like(batch["images"])
         if self.task not in ("img_cls", "zero_shot_cls"):
             texts, pairs = self._text(examples)
             if pairs is not None:

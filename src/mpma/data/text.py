@@ -1,15 +1,25 @@
-"""Text processing: offline WordPiece tokenizer training, tokenizer loading and MLM masking."""
+"""Text processing: offline WordPiece tokenizer training, tokenizer loading, tokenizer corpora,
+unknown-token coverage and MLM masking."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
+import re
+import string
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CORPUS_PREFIXES = ("roco", "vqa-rad")  # ``PREFIX:PATH`` corpus specs; anything else is a path
+COVERAGE_WARN_RATE = 0.01  # fine-tuning warns above this share of [UNK] tokens in the training text
+RUN_TOKENIZER_TEXTS = 20_000  # a pre-training tokenizer learns from the run's first 20,000 training texts
+CORPUS_TOKENIZER_TEXTS = 100_000  # ... and from the first 100,000 of each text.tokenizer_corpora entry
 
 
 def cache_dir() -> Path:
@@ -47,6 +57,145 @@ def read_corpus(path: str | Path) -> list[str]:
     return texts
 
 
+class CorpusError(ValueError):
+    """A tokenizer corpus holds no usable text or is malformed (the message names the file)."""
+
+
+_ID_FIELD = re.compile(r"[A-Za-z0-9_.:/#-]+")  # the first tab-separated field of an "ID<TAB>text" line
+
+
+def parse_corpus_spec(spec: str) -> tuple[str, Path]:
+    """``"roco:PATH"`` / ``"vqa-rad:PATH"`` -> (prefix, path); any other spec -> ("file", path).
+
+    A spec that names an existing path is a path even if it contains a colon.
+    """
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in CORPUS_PREFIXES and not Path(spec).exists():
+        return prefix, Path(rest).expanduser()
+    return "file", Path(spec).expanduser()
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorpusError(f"{path}: cannot read ({error})") from error
+
+
+def _line_texts(path: Path, roco: bool) -> list[str]:
+    """One text per non-blank line; ``ID<TAB>text`` lines keep the text (``roco``: every line must)."""
+    texts = []
+    for number, line in enumerate(_read_text_file(path).splitlines(), start=1):
+        if "\t" in line:
+            head, tail = line.split("\t", 1)
+            line = tail if roco or _ID_FIELD.fullmatch(head.strip()) else line.replace("\t", " ")
+        elif roco and line.strip():
+            raise CorpusError(f"{path}:{number}: expected a ROCO caption line 'ROCO_ID<TAB>caption'")
+        if line.strip():
+            texts.append(line.strip())
+    return texts
+
+
+def _json_list_texts(path: Path, allow_test: bool = False) -> list[str]:
+    """The ``question`` (else ``text`` / ``caption``) of each object of a JSON list (VQA-RAD's trainset.json)."""
+    if path.name == "testset.json" and not allow_test:
+        raise CorpusError(f"{path}: this is VQA-RAD's test split; a tokenizer must never be built on test "
+                          "questions (pass trainset.json or vqa-rad:FOLDER, which reads trainset.json only; "
+                          "`mpma tokenizer coverage --all-splits` may measure it)")
+    try:
+        items = json.loads(_read_text_file(path))
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(items, list):
+        raise CorpusError(f"{path}: expected a JSON list of objects (VQA-RAD's trainset.json), "
+                          f"got {type(items).__name__}")
+    texts = []
+    for index, item in enumerate(items):
+        text = next((item[k] for k in ("question", "text", "caption") if isinstance(item, dict)
+                     and isinstance(item.get(k), str)), None)
+        if text is None:
+            raise CorpusError(f"{path}: entry {index}: expected an object with a 'question', 'text' or "
+                              "'caption' string")
+        if text.strip():
+            texts.append(text.strip())
+    return texts
+
+
+def _manifest_texts(path: Path, train_only: bool) -> list[str]:
+    """Texts of a JSONL manifest, its kind told by the first record: VQA (``question``) -> questions;
+    pre-training / classification -> ``text`` (or ``caption``) and ``text_pair``. With ``train_only``
+    records whose ``split`` is not "train" are skipped (records without a split are kept)."""
+    from mpma.data.records import read_jsonl
+
+    rows = read_jsonl(path)  # ManifestError (a ValueError) names path and line
+    vqa = bool(rows) and "question" in rows[0][1]
+    classification = bool(rows) and ("labels" in rows[0][1] or "label" in rows[0][1])
+    texts, skipped = [], 0
+    for number, record in rows:
+        if train_only and str(record.get("split", "train")) != "train":
+            skipped += 1
+            continue
+        keys = ("question",) if vqa else ("text", "text_pair") if "text" in record else ("caption",)
+        fields = [record[k].strip() for k in keys if isinstance(record.get(k), str) and record[k].strip()]
+        if not fields and not classification:  # an image-only classification record has no text
+            raise CorpusError(f"{path}:{number}: no {' or '.join(repr(k) for k in keys)} text in this record")
+        texts.extend(fields)
+    if not texts and skipped:
+        raise CorpusError(f"{path}: no record of the 'train' split ({skipped} records of other splits are never "
+                          "used to build a tokenizer)")
+    return texts
+
+
+def corpus_texts(spec: str, train_only: bool = True) -> list[str]:
+    """The texts of one tokenizer corpus spec (``text.tokenizer_corpora`` entries, ``mpma tokenizer coverage``).
+
+    Specs:
+        ``PATH.jsonl`` (or a prepare folder holding ``manifest.jsonl``): a manifest; VQA -> questions,
+        pre-training -> ``text``, classification -> ``text`` and ``text_pair``; train split only.
+        ``PATH.json``: a JSON list of objects with a ``question`` (VQA-RAD's ``trainset.json``).
+        ``vqa-rad:PATH``: the questions of ``PATH/trainset.json`` (VQA-RAD's train split, never the test).
+        ``roco:PATH``: ROCO ``captions.txt`` lines (``ROCO_ID<TAB>caption``); a folder: every ``captions.txt``
+        below it.
+        any other file: one text per line; ``ID<TAB>text`` lines keep the text after the tab.
+
+    Args:
+        spec: One of the above.
+        train_only: Skip manifest records of other splits and refuse ``testset.json``; False for
+            measuring coverage (never for building a tokenizer).
+
+    Raises:
+        FileNotFoundError: The path does not exist.
+        CorpusError / ManifestError (ValueErrors): Unreadable or malformed, or no text at all.
+    """
+    prefix, path = parse_corpus_spec(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus not found: {path}")
+    if prefix == "roco":
+        files = sorted(path.rglob("captions.txt")) if path.is_dir() else [path]
+        if not files:
+            raise CorpusError(f"{path}: no captions.txt below this folder (ROCO: data/<split>/radiology/captions.txt)")
+        texts = [t for file in files for t in _line_texts(file, roco=True)]
+    elif prefix == "vqa-rad":
+        file = path / "trainset.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: no trainset.json (the VQA-RAD release folder holds trainset.json, "
+                                    "testset.json and images/)")
+        texts = _json_list_texts(file)
+    elif path.is_dir():
+        if not (path / "manifest.jsonl").is_file():
+            raise FileNotFoundError(f"{path}: a folder corpus must hold manifest.jsonl (or use roco:/vqa-rad:)")
+        texts = _manifest_texts(path / "manifest.jsonl", train_only)
+    elif path.suffix == ".jsonl":
+        texts = _manifest_texts(path, train_only)
+    elif path.suffix == ".json":
+        texts = _json_list_texts(path, allow_test=not train_only)
+    else:
+        texts = _line_texts(path, roco=False)
+    if not texts:
+        raise CorpusError(f"{path}: no text found")
+    return texts
+
+
 def train_tokenizer(
     texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, lowercase: bool = True, overwrite: bool = True
 ):
@@ -66,10 +215,18 @@ def train_tokenizer(
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # Every printable ASCII character is in the alphabet, so text unlike the training text (a question's
+    # "?", "/", "(") never becomes [UNK]: synthrad reports alone hold none of them.
+    alphabet = sorted(set((string.ascii_lowercase if lowercase else string.ascii_letters) + string.digits
+                          + string.punctuation))
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1, show_progress=False
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1, show_progress=False,
+        initial_alphabet=alphabet,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    # One line of doubled letters and digits ("aa bb ... 99") puts each in continuation form ("##a")
+    # too, so any word of a new text can be spelled from pieces instead of becoming [UNK].
+    spelling = " ".join(c + c for c in alphabet if c.isalnum())
+    tokenizer.train_from_iterator(itertools.chain(texts, [spelling]), trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -111,11 +268,101 @@ def load_tokenizer(path: str | Path):
 
 def cached_tokenizer(name: str, texts_fn, vocab_size: int):
     """A tokenizer trained once on ``texts_fn()`` and cached under ``cache_dir()/tokenizers``."""
-    key = hashlib.sha1(f"{name}-{vocab_size}".encode()).hexdigest()[:10]
+    # "a1": tokenizers trained with the printable-ASCII alphabet (earlier caches lacked "?", "/", ...)
+    key = hashlib.sha1(f"{name}-{vocab_size}-a1".encode()).hexdigest()[:10]
     path = cache_dir() / "tokenizers" / f"{name}-{vocab_size}-{key}"
     if path.is_dir():
         return load_tokenizer(path)
     return train_tokenizer(texts_fn(), path, vocab_size=vocab_size, overwrite=False)
+
+
+class TokenizerCoverageWarning(UserWarning):
+    """A tokenizer maps too many tokens of a task's text to [UNK] (see :func:`coverage_warning`)."""
+
+
+def unknown_token_rate(tokenizer, texts: Iterable[str], top_k: int = 20) -> dict:
+    """How much of ``texts`` a tokenizer cannot represent: its [UNK] tokens and the words behind them.
+
+    A WordPiece tokenizer emits one [UNK] for a whole word it cannot spell with its vocabulary; the
+    word is read back from the token's character offsets (fast tokenizers) or found by tokenising each
+    whitespace-separated word alone (slow ones). Texts are tokenised whole, without special tokens and
+    without truncation. ~10k short texts take well under a second.
+
+    Returns:
+        ``texts``, ``texts_with_unk``, ``words`` (pre-tokenised words), ``tokens``, ``unk_tokens``,
+        ``rate`` (unk_tokens / tokens, 0 when there are no tokens), ``tokens_per_word``,
+        ``distinct_unknown_words`` and ``top_unknown_words``: up to ``top_k`` ``(word, count)``, most
+        frequent first, words as the tokenizer normalises them (lower-cased for an uncased one).
+    """
+    texts = [t for t in texts if isinstance(t, str)]
+    unk_id = tokenizer.unk_token_id
+    unknown: Counter[str] = Counter()
+    tokens = unk_tokens = words = texts_with_unk = 0
+    if getattr(tokenizer, "is_fast", False):
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: never touch its truncation
+        backend.no_truncation()
+        backend.no_padding()
+        normalize = backend.normalizer.normalize_str if backend.normalizer is not None else (lambda w: w)
+        for start in range(0, len(texts), 2048):
+            chunk = texts[start:start + 2048]
+            for text, encoding in zip(chunk, backend.encode_batch(chunk, add_special_tokens=False)):
+                ids = encoding.ids
+                tokens += len(ids)
+                words += len({w for w in encoding.word_ids if w is not None})
+                hits = [i for i, token in enumerate(ids) if token == unk_id] if unk_id is not None else []
+                if hits:
+                    texts_with_unk += 1
+                    unk_tokens += len(hits)
+                    for i in hits:
+                        begin, end = encoding.offsets[i]
+                        unknown[normalize(text[begin:end])] += 1
+    else:
+        for text in texts:
+            hit = False
+            for word in text.split():
+                ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+                words += 1
+                tokens += len(ids)
+                n = ids.count(unk_id) if unk_id is not None else 0
+                if n:
+                    hit = True
+                    unk_tokens += n
+                    unknown[word.lower() if getattr(tokenizer, "do_lower_case", False) else word] += n
+            texts_with_unk += hit
+    return {
+        "texts": len(texts),
+        "texts_with_unk": texts_with_unk,
+        "words": words,
+        "tokens": tokens,
+        "unk_tokens": unk_tokens,
+        "rate": unk_tokens / tokens if tokens else 0.0,
+        "tokens_per_word": tokens / words if words else 0.0,
+        "distinct_unknown_words": len(unknown),
+        "top_unknown_words": sorted(unknown.items(), key=lambda item: (-item[1], item[0]))[:top_k],
+    }
+
+
+def coverage_warning(report: dict, what: str, threshold: float = COVERAGE_WARN_RATE) -> str | None:
+    """The warning to show when ``report['rate']`` (from :func:`unknown_token_rate`) exceeds ``threshold``.
+
+    Args:
+        report: An :func:`unknown_token_rate` report.
+        what: The text it was measured on, e.g. "the vqa training text".
+
+    Returns:
+        A message naming the rate, the most frequent unknown words and the remedy, or None.
+    """
+    if report["rate"] <= threshold:
+        return None
+    shown = ", ".join(f"{word!r} x{count}" for word, count in report["top_unknown_words"][:10])
+    return (f"{report['rate']:.1%} of the {report['tokens']} tokens of {what} are [UNK] under this run's tokenizer "
+            f"({report['texts_with_unk']} of {report['texts']} texts hit; {report['distinct_unknown_words']} distinct "
+            f"unknown words, most frequent: {shown}). The model cannot read these words. Pre-train with a tokenizer "
+            "built over the downstream text too, e.g. `mpma pretrain 'text.tokenizer_corpora=[vqa-rad:PATH, "
+            "roco:PATH, manifest.jsonl]'` (and a larger text.vocab_size), then fine-tune from that run; "
+            "`mpma tokenizer coverage --tokenizer DIR --corpus SPEC` measures a tokenizer first.")
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, text_pairs: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -20,10 +20,15 @@ from pathlib import Path
 import torch
 
 from mpma.config import Config, config_from_dict, load_config
+from mpma.data.published import describe_identity, test_set_identity
 from mpma.data.records import normalize_answer
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.finetune_config import TASKS, FinetuneConfig
+
+
+# tasks whose prediction reads an image and a text together: their test score is also taken with shuffled images
+SHUFFLABLE_TASKS = ("vqa", "mm_cls")
 
 
 def resolve_init(init: str) -> tuple[Path, Path]:
@@ -134,15 +139,21 @@ class FinetuneRun:
             self.classes = self.data.label_names
         soft = config.task == "vqa" and config.head.vqa_loss == "bce"
         self.collate = TaskCollator(config.task, self.tokenizer, self.backbone_config.text.max_length,
-                                    ImageStore(image_size), self.classes, self.data.multi_label, soft)
+                                    ImageStore(image_size), self.classes, self.data.multi_label, soft,
+                                    blank_images=config.data.blank_images)
         self.module = build_module(config, self.backbone, self.classes, self.data.multi_label)
         (self.module or self.backbone).to(device)
 
-    def evaluate(self, split: str) -> dict:
-        """The task's metrics on one split."""
+    def evaluate(self, split: str, shuffle_images: bool = False) -> dict:
+        """The task's metrics on one split; with ``shuffle_images`` each example gets the image of
+        another example of the split (a seeded permutation): the drop from the plain score shows how
+        much the model uses the image."""
         from mpma.eval import downstream as D
 
         examples, batch = self.data.splits[split], self.config.data.eval_batch_size
+        if shuffle_images:
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.config.data.seed + 1))
+            examples = [{**example, "image": examples[j]["image"]} for example, j in zip(examples, order.tolist())]
         task = self.config.task
         if task == "retrieval":
             return D.evaluate_retrieval(self.backbone, examples, self.collate, batch, self.device, self.config.head.rerank_k)
@@ -158,6 +169,28 @@ class FinetuneRun:
         from mpma.eval.downstream import SELECTION_METRIC
 
         return float(metrics[SELECTION_METRIC[self.config.task]])
+
+    def training_texts(self) -> list[str]:
+        """The text the model reads in training: questions (vqa), ``text`` and ``text_pair``
+        (classification, retrieval) and, for zero_shot_cls, the label prompts; none for img_cls."""
+        texts = [e[k] for e in self.data.splits["train"] for k in ("question", "text", "text_pair")
+                 if isinstance(e.get(k), str)]
+        if self.config.task == "zero_shot_cls":
+            texts += [self.config.head.prompt.format(label=label) for label in self.classes]
+        return texts
+
+    def tokenizer_coverage(self) -> dict:
+        """:func:`mpma.data.text.unknown_token_rate` of :meth:`training_texts` under the run's tokenizer;
+        warns (TokenizerCoverageWarning) when more than 1% of the tokens are [UNK]."""
+        import warnings
+
+        from mpma.data.text import TokenizerCoverageWarning, coverage_warning, unknown_token_rate
+
+        report = unknown_token_rate(self.tokenizer, self.training_texts())
+        message = coverage_warning(report, f"the {self.config.task} training text ({self.config.data.dataset})")
+        if message:
+            warnings.warn(message, TokenizerCoverageWarning, stacklevel=2)
+        return report
 
     def task_metadata(self) -> dict:
         return {"task": self.config.task, "classes": self.classes, "multi_label": self.data.multi_label,
@@ -193,11 +226,12 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
         config.optim.steps = epochs * steps_per_epoch
         config.optim.warmup_steps = int(math.ceil(config.warmup_fraction * config.optim.steps))
         config.run.checkpoint_every = max(1, steps_per_epoch)
+        coverage = run.tokenizer_coverage() if env.is_main else None  # [UNK] share of the training text
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             _write_json(run_dir / "config.json", config.to_dict())
             _write_json(run_dir / "backbone.json", run.backbone_config.to_dict())
-            _write_json(run_dir / "task.json", run.task_metadata())
+            _write_json(run_dir / "task.json", {**run.task_metadata(), "tokenizer_coverage": coverage})
             run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
         best = {"value": -math.inf, "epoch": 0}
 
@@ -236,6 +270,12 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
             result = {"task": config.task, "init": config.init, "best_epoch": best["epoch"], "epochs": epochs,
                       "val_selection": None if epochs == 0 else best["value"], "test": test,
                       "answer_vocab": run.task_metadata()["answer_vocab"], "split_sizes": run.task_metadata()["split_sizes"]}
+            if config.head.train_fit and run.module is not None:  # how well the best epoch fits what it trained on
+                result["train_fit"] = run.evaluate("train")
+            if config.head.shuffled_eval and config.task in SHUFFLABLE_TASKS and not config.data.blank_images:
+                result["test_shuffled_images"] = run.evaluate("test", shuffle_images=True)
+            result["tokenizer_coverage"] = coverage
+            result["test_set"] = test_set_identity(config.data.dataset, result["split_sizes"])
             _write_json(run_dir / "metrics.json", result)
             (run_dir / "metrics.md").write_text(metrics_markdown(result))
         return result
@@ -255,7 +295,7 @@ def metrics_markdown(result: dict) -> str:
 
     rows = scalar_items(result["test"])
     lines = [f"# {result['task']} (init: {result['init']}, best epoch {result['best_epoch']} of {result['epochs']})", "",
-             "| metric | test |", "|---|---|"]
+             f"Test set: {describe_identity(result.get('test_set'))}", "", "| metric | test |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines) + "\n"
 
@@ -272,7 +312,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
         ckpt.load_weights(run.module, run_dir / "best" / ckpt.WEIGHTS)
     if split not in run.data.splits:
         raise ValueError(f"split '{split}' not in {sorted(run.data.splits)}")
-    return run.evaluate(split)
+    metrics = run.evaluate(split)
+    metrics["test_set"] = test_set_identity(config.data.dataset, {k: len(v) for k, v in run.data.splits.items()},
+                                            split=split)
+    return metrics
 
 
 def finetune_config(task: str, init: str, data: str | None, source: str | None, overrides: list[str]) -> FinetuneConfig:

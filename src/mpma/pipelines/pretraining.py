@@ -107,8 +107,16 @@ def build_pretrain_data(config: Config) -> PretrainData:
 
 
 def build_tokenizer(config: Config, data: PretrainData):
-    """``text.tokenizer`` if set, else a WordPiece tokenizer trained on the training texts (cached)."""
-    from mpma.data.text import cached_tokenizer, load_tokenizer
+    """``text.tokenizer`` if set, else a WordPiece tokenizer trained on the training texts (the first
+    RUN_TOKENIZER_TEXTS) plus those of ``text.tokenizer_corpora`` (the first CORPUS_TOKENIZER_TEXTS of
+    each), cached under a name that changes with any of them.
+
+    Raises:
+        FileNotFoundError / ConfigError: a missing or unreadable corpus, naming its entry.
+    """
+    from mpma.config import ConfigError
+    from mpma.data.text import (CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, cached_tokenizer, corpus_texts,
+                                load_tokenizer)
 
     if config.text.tokenizer or config.text.init:  # a pre-trained text encoder brings its own tokenizer
         return load_tokenizer(config.text.tokenizer or config.text.init)
@@ -119,9 +127,23 @@ def build_tokenizer(config: Config, data: PretrainData):
         name = "manifest-" + hashlib.sha1(name.encode()).hexdigest()[:12]
     else:
         # the texts are the first reports of this synthrad configuration: key the cache on all that shapes them
-        name = (f"synthrad-s{config.data.seed}-n{min(len(data.train), 20000)}"
+        name = (f"synthrad-s{config.data.seed}-n{min(len(data.train), RUN_TOKENIZER_TEXTS)}"
                 f"-f{config.data.normal_fraction:g}")
-    return cached_tokenizer(name, lambda: data.train.texts()[:20000], config.text.vocab_size)
+    extra: list[str] = []
+    if config.text.tokenizer_corpora:
+        digest = hashlib.sha1()
+        for i, spec in enumerate(config.text.tokenizer_corpora):
+            where = f"text.tokenizer_corpora[{i}] {spec!r}"
+            try:
+                texts = corpus_texts(spec.strip())[:CORPUS_TOKENIZER_TEXTS]
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{where}: {error}") from None
+            except ValueError as error:  # CorpusError, ManifestError
+                raise ConfigError(f"{where}: {error}") from None
+            extra += texts
+            digest.update(f"{len(texts)}\x00".encode() + "\x00".join(texts).encode())
+        name += f"+corpora-{digest.hexdigest()[:12]}"  # the texts themselves key the cache, not paths or mtimes
+    return cached_tokenizer(name, lambda: data.train.texts()[:RUN_TOKENIZER_TEXTS] + extra, config.text.vocab_size)
 
 
 def build_task(config: Config, tokenizer):

@@ -2,9 +2,12 @@
 
 The page holds the run's status, its training curves, its metrics tables, a few reconstructions
 and word->patch maps (pre-training runs with a checkpoint), the VQA closed-question confusion and
-per-question-type accuracy (VQA fine-tuning runs) and the configuration. The figures are PNG files
-next to the page; the HTML embeds them as data URIs (so it can be mailed alone) and links each
-file, the markdown references the files. Works on a run still in progress (what exists is shown).
+per-question-type accuracy (VQA fine-tuning runs) and the configuration. Every test number of a
+fine-tuning run is shown with its test set's identity (``metrics.json["test_set"]``: dataset,
+split, record count and whether it is the published test set), so a result on a shrunken test set
+is visibly marked. The figures are PNG files next to the page; the HTML embeds them as data URIs
+(so it can be mailed alone) and links each file, the markdown references the files. Works on a run
+still in progress (what exists is shown).
 """
 
 from __future__ import annotations
@@ -261,8 +264,13 @@ def _finetune_sections(report: Report, run: Path, out: Path, examples: int) -> N
         report.h2("Validation per epoch")
         report.table(["epoch", "step", *names], [[e["epoch"], e["step"], *[e["val"].get(k) for k in names]] for e in epochs])
     if metrics:
+        from mpma.data.published import describe_identity
+
+        identity = describe_identity(metrics.get("test_set") or task.get("test_set"))
         report.h2("Test metrics (best epoch)")
-        report.table(["metric", "test"], [[k, v] for k, v in scalar_items(metrics.get("test", {}))])
+        report.p(f"Test set: {identity}.")
+        report.table(["metric", f"test: {identity}"],
+                     [[k, v] for k, v in scalar_items(metrics.get("test", {}))])
         if config.get("task") == "vqa" and (run / "best").is_dir() and examples > 0:
             _examples_guard(report, "VQA breakdown", lambda: _vqa_breakdown(report, run, out))
     report.h2("Configuration (config.json)")
@@ -307,8 +315,12 @@ def _vqa_breakdown(report: Report, run: Path, out: Path) -> None:
     scores = predict_scores(ft.module, examples, ft.collate, config.data.eval_batch_size, torch.device("cpu"))
     predictions = [ft.classes[i] for i in np.asarray(scores).argmax(1)]
     confusion, rows = vqa_breakdown(predictions, examples)
+    from mpma.data.published import describe_identity
+
+    metrics = _read_json(run / "metrics.json") or {}
     report.h2("VQA test breakdown")
-    report.p("Closed questions: rows are the true answer, columns the predicted one.")
+    report.p(f"Test set: {describe_identity(metrics.get('test_set'))}. Closed questions: rows are "
+             "the true answer, columns the predicted one.")
     report.table(["true \\ predicted", "yes", "no", "other"], [[g, *confusion[g].values()] for g in ("yes", "no")])
     report.img(plot_confusion(confusion, out / "vqa_confusion.png"), "closed-question confusion (test split)")
     report.table(["question type", "n", "accuracy"], rows)

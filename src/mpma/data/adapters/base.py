@@ -6,6 +6,10 @@ An item is either a candidate record (``record`` set) or a parse-time reject (``
 empty text, malformed row, unknown label, ...) or a record excluded on purpose by an option
 (``excluded=True``, e.g. a Chinese SLAKE question). Adapters never decode images: image checks,
 id uniqueness, rejects and packing happen in :mod:`mpma.data.prepare`.
+
+Blank means missing: only a missing field, ``null`` or an empty / whitespace-only string is blank.
+"None", "null", "NA", "0", "no" and numbers are values (SLAKE's answer to "What diseases are
+included in the picture?" is "None").
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mpma.data.published import Published
 from mpma.data.records import (
     ClassificationRecord,
     ManifestKind,
@@ -49,6 +55,8 @@ class Item:
         reason: Short, countable rejection reason (``"empty text"``), ``None`` when kept.
         detail: Human-readable detail of the reason (names the field/value).
         excluded: The entry was left out on purpose by an option (counted, not a reject).
+        split: Split of a rejected or excluded entry when the adapter knows it (a record carries
+            its own); lets ``prepare`` explain a split's difference from its published count.
     """
 
     id: str
@@ -57,6 +65,7 @@ class Item:
     reason: str | None = None
     detail: str = ""
     excluded: bool = False
+    split: str | None = None
 
 
 def normalize_split(name: str, where: str) -> str:
@@ -86,12 +95,21 @@ def hash_split(key: str, val_fraction: float, test_fraction: float, salt: str = 
     return "train"
 
 
+def is_missing(value: Any) -> bool:
+    """``None`` (JSON ``null``, a key absent from ``.get``) or a float NaN: no value at all."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def clean_text(value: Any) -> str:
-    """Text with whitespace runs collapsed to one space; ``None``/NaN-like blanks become ``""``."""
-    if value is None:
+    """Text with whitespace runs collapsed to one space; ``""`` only for a missing value.
+
+    A spelling is never a blank: ``"None"``, ``"null"``, ``"NA"``, ``"0"``, ``"no"`` and numbers
+    (``0`` -> ``"0"``) are kept as written. Only ``None``, a float NaN and an empty or
+    whitespace-only string give ``""``.
+    """
+    if is_missing(value):
         return ""
-    text = " ".join(str(value).split())
-    return "" if text.lower() in ("nan", "none", "null") else text
+    return " ".join(str(value).split())
 
 
 def open_text(path: Path) -> io.TextIOBase:
@@ -142,6 +160,8 @@ class Adapter:
         layout: The expected release layout, shown in every layout error.
         source: Where to obtain the release and its license (one line, for ``--help``).
         labels: Closed label vocabulary of a classification dataset (``None``: open).
+        published: Record counts of the dataset's paper / release README and when they hold
+            (:class:`~mpma.data.published.Published`); ``prepare`` compares every run with them.
     """
 
     name: ClassVar[str] = ""
@@ -149,6 +169,7 @@ class Adapter:
     layout: ClassVar[str] = ""
     source: ClassVar[str] = ""
     labels: ClassVar[tuple[str, ...] | None] = None
+    published: ClassVar[tuple[Published, ...]] = ()
 
     def check(self, src: Path) -> None:
         """Raise :class:`LayoutError` if ``src`` does not hold the expected release files."""
@@ -162,6 +183,11 @@ class Adapter:
         """Known labels of this configured adapter (``None``: any label is accepted)."""
         return self.labels
 
+    def settings(self, src: Path) -> dict[str, Any]:
+        """The options, plus facts of the release at ``src`` that published counts depend on
+        (e.g. which of two layouts it is); matched against ``Published.conditions``."""
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
     # helpers for subclasses ------------------------------------------------------------
     def require(self, src: Path, *paths: str) -> None:
         """Raise :class:`LayoutError` naming every missing path under ``src``."""
@@ -174,20 +200,29 @@ class Adapter:
         """Build a candidate record of this adapter's kind, or a reject item explaining why not.
 
         Text fields (``text``, ``question``, ``answer``) are cleaned with :func:`clean_text`;
-        a blank one gives the reject reason ``"empty <field>"``.
+        a missing (``None``) or blank one gives the reject reason ``"empty <field>"`` (the
+        optional ``text`` of a classification record may be ``None``). A reject keeps the
+        ``split`` of ``fields``.
         """
+        split = fields.get("split")
         for name, reason in _EMPTY_REASONS.items():
-            if name in fields and fields[name] is not None:
-                fields[name] = clean_text(fields[name])
-                if not fields[name]:
-                    return Item(record_id, source, reason=reason, detail=f"{name} is blank")
+            if name not in fields:
+                continue
+            if fields[name] is None and name == "text" and self.kind == "classification":
+                continue
+            state = "missing" if is_missing(fields[name]) else "blank"
+            fields[name] = clean_text(fields[name])
+            if not fields[name]:
+                return Item(record_id, source, reason=reason, detail=f"{name} is {state}",
+                            split=split)
         record_id = clean_text(record_id)
         if not record_id:
-            return Item(f"{source}", source, reason="missing id", detail="the id field is blank")
+            return Item(f"{source}", source, reason="missing id", detail="the id field is blank",
+                        split=split)
         try:
             record = _CLASSES[self.kind](id=record_id, **fields)
         except (TypeError, ValueError) as exc:
-            return Item(record_id, source, reason="invalid record", detail=str(exc))
+            return Item(record_id, source, reason="invalid record", detail=str(exc), split=split)
         return Item(record_id, source, record=record)
 
     @classmethod

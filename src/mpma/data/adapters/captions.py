@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpma.data.adapters.base import Adapter, Item, LayoutError, clean_text, hash_split, read_csv
+from mpma.data.published import Published
 
 _ROCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -37,6 +38,12 @@ class RocoAdapter(Adapter):
     captions.txt      ROCO_ID<TAB>caption
     licences.txt      CSV ROCO_ID,PMC_ID,CC  (PMC_ID = image file name)
     images/<PMC_ID>   (or images/<ROCO_ID>.jpg)"""
+    published = (Published(
+        {"val": 8180, "test": 8179}, unit="captions", conditions={"subset": "radiology"},
+        source="razorx89/roco-dataset data/{validation,test}/radiology/captions.txt (lines of "
+               "the release files)",
+        note="no train count registered: Pelka et al. 2018 give 81,825 radiology images in all "
+             "(unverified), and the public repository ships no train captions"),)
 
     def _root(self, src: Path) -> Path:
         return src / "data" if (src / "data").is_dir() else src
@@ -69,7 +76,7 @@ class RocoAdapter(Adapter):
                         continue
                     where = f"{rel}:{lineno}"
                     if "\t" not in line:
-                        yield Item(where, where, reason="malformed line",
+                        yield Item(where, where, reason="malformed line", split=split,
                                    detail="expected ROCO_ID<TAB>caption")
                         continue
                     roco_id, caption = (p.strip() for p in line.split("\t", 1))
@@ -83,7 +90,8 @@ class RocoAdapter(Adapter):
             name = f"{roco_id}.jpg"
         caption = clean_text(caption)
         if caption and len(caption.split()) < self.min_words:
-            return Item(roco_id, where, excluded=True, reason=f"caption under {self.min_words} words")
+            return Item(roco_id, where, excluded=True, split=split,
+                        reason=f"caption under {self.min_words} words")
         meta = {"pmc_file": pmc_file, "license": license_} if pmc_file else {}
         return self.make(roco_id, where, image=os.path.join(images, name), text=caption,
                          split=split, meta=meta)
@@ -117,6 +125,12 @@ class MedicatAdapter(Adapter):
         one JSON object a line: pdf_hash, fig_uri, s2_caption, s2orc_references, radiology
     figures/<pdf_hash>_<fig_uri>"""
     FILE = "s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl"
+    published = (Published(
+        {"total": 217060}, unit="figures",
+        source="allenai/medicat README: 217,060 figures from 131,410 open-access papers "
+               "(Subramanian et al., Findings of EMNLP 2020)",
+        note="no official split (hashed by paper here); radiology_only=true keeps the "
+             "radiology figures only, as M3AE did"),)
 
     def _root(self, src: Path) -> Path:
         return src / "release" if (src / "release" / self.FILE).exists() else src
@@ -143,13 +157,14 @@ class MedicatAdapter(Adapter):
                                detail=f"need a JSON object with pdf_hash and fig_uri ({exc})")
                     continue
                 record_id = f"{pdf_hash}_{fig_uri}"
+                split = hash_split(pdf_hash, self.val_fraction, self.test_fraction, "medicat")
                 if self.radiology_only and not entry.get("radiology"):
-                    yield Item(record_id, where, excluded=True, reason="not a radiology figure")
+                    yield Item(record_id, where, excluded=True, reason="not a radiology figure",
+                               split=split)
                     continue
                 texts = [clean_text(entry.get("s2_caption"))]
                 if self.with_references:
                     texts += [clean_text(t) for t in entry.get("s2orc_references") or []]
-                split = hash_split(pdf_hash, self.val_fraction, self.test_fraction, "medicat")
                 yield self.make(record_id, where, image=str(root / "figures" / record_id),
                                 text=" ".join(t for t in texts if t), split=split,
                                 meta={"pdf_hash": pdf_hash, "radiology": bool(entry.get("radiology"))})

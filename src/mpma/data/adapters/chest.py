@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpma.data.adapters.base import Adapter, Item, LayoutError, first_existing, hash_split, read_csv
+from mpma.data.published import TOTAL, Published
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -50,11 +51,26 @@ class ChexpertAdapter(Adapter):
     train/patientNNNNN/studyN/viewN_frontal.jpg, valid/..."""
     FILES = {"train": "train.csv", "val": "valid.csv", "test": "test.csv"}
     _VALUES = {"": 0, "0": 0, "0.0": 0, "1": 1, "1.0": 1, "-1": -1, "-1.0": -1}
+    published = (
+        Published({"train": 223414, "val": 234}, unit="images", unverified=("train", "val"),
+                  source="CheXpert v1.0 / v1.0-small train.csv and valid.csv (Irvin et al. AAAI "
+                         "2019: 224,316 radiographs of 65,240 patients)",
+                  note="train + valid + the 668 test images sum to the paper's 224,316; counts "
+                       "not checked against the csv files"),
+        Published({"test": 668}, unit="images", conditions={"test_labels": True},
+                  unverified=("test",),
+                  source="CheXpert test.csv with the 2022 test labels (500 studies)",
+                  note="only when test.csv is present; count not checked against the file"),
+    )
 
     def check(self, src: Path) -> None:
         if self.uncertain not in ("ones", "zeros", "ignore"):
             raise LayoutError(f"uncertain={self.uncertain!r}: choose ones, zeros or ignore")
         self.require(src, "train.csv", "valid.csv")
+
+    def settings(self, src: Path) -> dict:
+        """Options plus ``test_labels``: whether ``test.csv`` (the 2022 test labels) is there."""
+        return {**super().settings(src), "test_labels": (src / "test.csv").is_file()}
 
     def _image(self, src: Path, value: str) -> Path:
         parts = Path(value).parts
@@ -69,7 +85,7 @@ class ChexpertAdapter(Adapter):
             for lineno, row in read_csv(src / name, ("Path", *CHEXPERT_LABELS)):
                 where, path = f"{name}:{lineno}", row["Path"].strip()
                 if self.frontal_only and row.get("Frontal/Lateral", "").strip() != "Frontal":
-                    yield Item(path, where, excluded=True, reason="lateral view")
+                    yield Item(path, where, excluded=True, reason="lateral view", split=split)
                     continue
                 positive, uncertain, bad = [], [], []
                 for label in CHEXPERT_LABELS:
@@ -81,7 +97,8 @@ class ChexpertAdapter(Adapter):
                     elif value == -1 and self.uncertain == "ignore":
                         uncertain.append(label)
                 if bad:
-                    yield Item(path, where, reason="unknown label value", detail=", ".join(bad))
+                    yield Item(path, where, reason="unknown label value", detail=", ".join(bad),
+                               split=split)
                     continue
                 meta = {k: row.get(k, "") for k in ("Sex", "Age", "Frontal/Lateral", "AP/PA")}
                 if uncertain:
@@ -113,6 +130,24 @@ class RsnaPneumoniaAdapter(Adapter):
     layout = """<src>/stage_2_train_labels.csv   patientId,x,y,width,height,Target  (stage_1_* accepted)
 <src>/stage_2_detailed_class_info.csv   (optional) patientId,class
 <src>/stage_2_train_images/<patientId>.dcm"""
+    published = (
+        Published({TOTAL: 26684}, unit="patients", conditions={"stage": "stage_2"},
+                  unverified=(TOTAL,),
+                  source="RSNA Pneumonia Detection Challenge, stage_2_train_labels.csv "
+                         "(30,227 rows)",
+                  note="no labelled test set: patients are hash-split here; count not checked "
+                       "against the file"),
+        Published({TOTAL: 25684}, unit="patients", conditions={"stage": "stage_1"},
+                  unverified=(TOTAL,), source="RSNA Pneumonia Detection Challenge, "
+                                              "stage_1_train_labels.csv",
+                  note="count not checked against the file"),
+    )
+
+    def settings(self, src: Path) -> dict:
+        """Options plus ``stage``: which labels file is read (``stage_2`` before ``stage_1``)."""
+        labels, _ = self._files(src)
+        return {**super().settings(src),
+                "stage": labels.name[:7] if labels is not None else None}
 
     def _files(self, src: Path) -> tuple[Path | None, Path | None]:
         for stage in ("stage_2", "stage_1"):
@@ -138,12 +173,15 @@ class RsnaPneumoniaAdapter(Adapter):
             patients.setdefault(row["patientId"].strip(), []).append((lineno, row))
         for pid, rows in patients.items():
             where = f"{labels_csv.name}:{rows[0][0]}"
+            split = hash_split(pid, self.val_fraction, self.test_fraction, "rsna")
             targets = {r["Target"].strip() for _, r in rows}
             if not targets <= {"0", "1"}:
-                yield Item(pid, where, reason="unknown label value", detail=f"Target {targets}")
+                yield Item(pid, where, reason="unknown label value", detail=f"Target {targets}",
+                           split=split)
                 continue
             if len(targets) > 1:
-                yield Item(pid, where, reason="conflicting labels", detail="Target is 0 and 1")
+                yield Item(pid, where, reason="conflicting labels", detail="Target is 0 and 1",
+                           split=split)
                 continue
             positive = targets == {"1"}
             meta: dict = {"class": classes.get(pid, "")}
@@ -151,8 +189,7 @@ class RsnaPneumoniaAdapter(Adapter):
                 meta["boxes"] = [[float(r[k] or 0) for k in ("x", "y", "width", "height")]
                                  for _, r in rows]
             yield self.make(pid, where, image=str(images / f"{pid}.dcm"),
-                            labels=["pneumonia"] if positive else [], meta=meta,
-                            split=hash_split(pid, self.val_fraction, self.test_fraction, "rsna"))
+                            labels=["pneumonia"] if positive else [], meta=meta, split=split)
 
 
 @dataclass
@@ -176,6 +213,13 @@ class ChestXray14Adapter(Adapter):
     Follow-up #,Patient ID,...     Finding Labels = "A|B" or "No Finding"
 <src>/train_val_list.txt, <src>/test_list.txt
 <src>/images/<Image Index>   or   <src>/images_001/images/... images_012/images/..."""
+    published = (Published(
+        {"train+val": 86524, "test": 25596, TOTAL: 112120}, unit="images",
+        unverified=("train+val", "test", TOTAL),
+        source="NIH ChestX-ray14 release (Wang et al. CVPR 2017): train_val_list.txt, "
+               "test_list.txt and Data_Entry_2017.csv",
+        note="train and val are both cut from train_val_list.txt here (val_fraction); counts "
+             "not checked against the files"),)
 
     def _entries(self, src: Path) -> Path | None:
         return first_existing(src, "Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")

