@@ -114,6 +114,22 @@ def mean_sd(values: list[float]) -> dict:
             "values": [round(v, 2) for v in values]}
 
 
+def markdown_table(results: dict) -> str:
+    """The rows as a markdown table (mean ± sd over seeds, in %)."""
+    def cell(entry: dict, key: str) -> str:
+        value = entry.get(key)
+        return f"{value['mean']:.1f} ± {value['sd']:.1f}" if value else "—"
+
+    lines = ["| row | overall | open | closed | shuffled images: overall | drop | train fit | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row, entry in results.items():
+        drop = f"{entry['shuffled_drop']:.1f}" if "shuffled_drop" in entry else "—"
+        cells = [cell(entry, k) for k in ("overall", "open", "closed", "shuffled_overall")]
+        lines.append(f"| {row} | " + " | ".join([*cells, drop, cell(entry, "train_fit_overall"),
+                                                 str(len(entry["overall"]["values"]))]) + " |")
+    return "\n".join(lines)
+
+
 def cpu_features() -> str:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
@@ -184,12 +200,7 @@ def main() -> None:
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(text)
-    print("\n| row | overall | open | closed | shuffled images overall |\n|---|---|---|---|---|")
-    for row, entry in results.items():
-        cells = [f"{entry[k]['mean']:.1f} ± {entry[k]['sd']:.1f}" for k in ("overall", "open", "closed")]
-        shuffled = entry.get("shuffled_overall")
-        cells.append(f"{shuffled['mean']:.1f} ± {shuffled['sd']:.1f}" if shuffled else "—")
-        print(f"| {row} | " + " | ".join(cells) + " |")
+    print(markdown_table(results))
     print(f"\nwall time {wall:.0f} s ({wall / 60:.1f} min) on {cpu_features()}")
 
 

@@ -19,3 +19,17 @@ def test_mlm_image_dependence_masks_one_content_word_per_report(micro_run):
     result = _script("mlm_image_dependence").masked_word_accuracy(str(micro_run), n=24, batch_size=8)
     assert 20 <= result["masked words"] <= 24  # normal reports still name "no ..." words
     assert 0.0 <= result["own image"] <= 1.0 and 0.0 <= result["shuffled image"] <= 1.0
+
+
+def test_real_vqa_summarises_seeds_and_refuses_a_missing_shared_folder(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    real_vqa = _script("real_vqa")
+    assert real_vqa.mean_sd([40.0, 50.0, 60.0]) == {"mean": 50.0, "sd": 10.0, "values": [40.0, 50.0, 60.0]}
+    entry = {key: real_vqa.mean_sd([50.0, 52.0]) for key in ("overall", "open", "closed", "shuffled_overall")}
+    table = real_vqa.markdown_table({"mpma": {**entry, "shuffled_drop": 0.0}})
+    assert "| mpma | 51.0 ± 1.4 |" in table and table.rstrip().endswith("| 2 |")
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        real_vqa.main()
+    assert "medpix" in capsys.readouterr().err

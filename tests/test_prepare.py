@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import fixtures_releases as fx
-from mpma.cli_data import main
+from mpma.cli.data import main
 from mpma.data.image import load_image, to_tensor
 from mpma.data.prepare import PrepareError, prepare
 from mpma.data.records import read_manifest

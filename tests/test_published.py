@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fixtures_releases as fx
-from mpma.cli_data import main
+from mpma.cli.data import main
 from mpma.data.adapters import ADAPTERS
 from mpma.data.adapters.vqa import SlakeAdapter
 from mpma.data.prepare import PrepareError, prepare

@@ -1,4 +1,4 @@
-"""``mpma data prepare | validate | stats``: registered on the ``mpma data`` group by ``cli.py``.
+"""``mpma data prepare | validate | stats``: registered on the ``mpma data`` group by :mod:`mpma.cli`.
 
 Imports of the data stack happen inside the command functions (and inside the lazily formatted
 help of ``prepare``), so ``mpma --help`` stays instant.
@@ -170,7 +170,7 @@ def register(data: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mpma data <prepare|validate|stats> ...`` standalone (``python -m mpma.cli_data``)."""
+    """Run ``mpma data <prepare|validate|stats> ...`` standalone (``python -m mpma.cli.data``)."""
     parser = argparse.ArgumentParser(prog="mpma data")
     register(parser.add_subparsers(dest="data_command", required=True))
     args = parser.parse_args(argv)

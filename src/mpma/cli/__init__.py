@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-    from mpma.cli_data import register as register_data_commands
+    from mpma.cli.data import register as register_data_commands
 
     register_data_commands(data)  # prepare, validate, stats
     synth = data.add_parser("synth", help="write synthrad images and JSONL manifests to a folder")
@@ -185,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--top", type=int, default=20, help="unknown words to list (default: 20)")
     coverage.add_argument("--json", action="store_true", help="print the reports as JSON")
     coverage.set_defaults(func=cmd_tokenizer_coverage)
-    from mpma.cli_models import register as register_model_commands
+    from mpma.cli.models import register as register_model_commands
 
     register_model_commands(commands)  # convert, predict
-    from mpma.cli_viz import register as register_viz_commands
+    from mpma.cli.viz import register as register_viz_commands
 
     register_viz_commands(commands)  # visualize, report
     return parser
@@ -210,7 +210,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
