@@ -229,3 +229,29 @@ def test_question_only_run_skips_the_shuffled_score_and_an_image_run_records_it(
     with_images = json.loads((image_run / "metrics.json").read_text())
     assert set(with_images["test_shuffled_images"]) >= {"overall", "open", "closed"}
     assert "test_shuffled_images" not in json.loads((blank_run / "metrics.json").read_text())
+
+
+def test_finetune_augmentation_is_seeded_per_epoch_and_never_touches_evaluation(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mpma.data.image import load_image, to_tensor
+    from mpma.data.task_batches import ExampleList, TaskCollator
+    from mpma.data.tasks import ImageStore
+    from mpma.data.text import train_tokenizer
+
+    path = tmp_path / "ct.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70), dtype=np.uint8)).save(path)
+    examples = [{"image": str(path), "question": "is it normal?", "answer": "yes", "answer_type": "CLOSED"}]
+    tokenizer = train_tokenizer(["is it normal?"], tmp_path / "tok", vocab_size=120)
+    collate = TaskCollator("vqa", tokenizer, 16, ImageStore(32), ["yes"])
+    plain = collate(examples)["images"][0]
+    assert torch.allclose(plain, to_tensor(load_image(path), 32))  # evaluation: no augmentation
+    dataset = ExampleList(examples, augment_seed=3)
+    draws = []
+    for epoch in (0, 0, 1):
+        dataset.set_epoch(epoch)
+        draws.append(collate([dataset[0]])["images"][0])
+    assert torch.equal(draws[0], draws[1])  # same (seed, epoch, index): same crop
+    assert not torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], plain)
+    assert ExampleList(examples)[0] is examples[0]  # no seed: the example itself

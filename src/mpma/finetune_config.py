@@ -23,6 +23,7 @@ class TaskDataConfig:
     eval_batch_size: int = 128
     num_workers: int = 0
     seed: int = 0
+    augment: bool = False  # training images: seeded random resized crop (no flip); val/test never
     blank_images: bool = False  # every image replaced by a blank one: a question/text-only model (a floor)
 
 

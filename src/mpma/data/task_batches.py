@@ -12,16 +12,28 @@ from mpma.data.text import tokenize
 
 
 class ExampleList(Dataset):
-    """A list of example dicts as a map-style dataset (collation does the work)."""
+    """A list of example dicts as a map-style dataset (collation does the work).
 
-    def __init__(self, examples: list[dict]) -> None:
+    With ``augment_seed`` set, every item carries ``"augment_seed": (seed, epoch, index)`` (the epoch
+    is told by :func:`~mpma.data.sampling.iterate_batches` through :meth:`set_epoch`), and the
+    collator crops its image from that seed, so a draw depends on (seed, epoch, index) only.
+    """
+
+    def __init__(self, examples: list[dict], augment_seed: int | None = None) -> None:
         self.examples = examples
+        self.augment_seed = augment_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
-        return self.examples[index]
+        if self.augment_seed is None:
+            return self.examples[index]
+        return {**self.examples[index], "augment_seed": (self.augment_seed, self.epoch, index)}
 
 
 class TaskCollator:
@@ -60,7 +72,8 @@ class TaskCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         if self.task != "txt_cls":
-            batch["images"] = torch.stack([self.images(e["image"]) for e in examples])
+            batch["images"] = torch.stack([self.images.augmented(e["image"], e["augment_seed"]) if "augment_seed" in e
+                                           else self.images(e["image"]) for e in examples])
             if self.blank_images:
                 batch["images"] = torch.zeros_like(batch["images"])
         if self.task not in ("img_cls", "zero_shot_cls"):

@@ -29,12 +29,33 @@ SYNTHRAD_TRAIN_OFFSET = 500_000_000
 class ImageStore:
     """Image reference -> (3, S, S) tensor, decoded and resized once, then cached.
 
-    A reference is ("synthrad", SynthRad, index) or an absolute file path.
+    A reference is ("synthrad", SynthRad, index) or an absolute file path. :meth:`augmented` gives
+    a seeded random resized crop of a file image instead (training only).
     """
 
     def __init__(self, image_size: int) -> None:
         self.image_size = image_size
         self._cache: dict = {}
+        self._arrays: dict = {}  # file path -> decoded uint8, shorter side at most image_size (for crops)
+
+    def augmented(self, ref, seed: tuple[int, ...]) -> torch.Tensor:
+        """(3, S, S) random resized crop of ``ref`` drawn from ``seed`` (no flip: left/right matter).
+
+        A synthrad reference is returned unaugmented (its cases are already drawn at random).
+        """
+        if not isinstance(ref, str):
+            return self(ref)
+        from mpma.data.image import ImageError, ImageTransform, load_image
+        from mpma.data.pairs import shrink_shorter_side
+
+        array = self._arrays.get(ref)
+        if array is None:
+            try:
+                array = shrink_shorter_side(load_image(ref), self.image_size)
+            except ImageError as error:
+                raise ImageError(f"{error} (run `mpma data validate` on the manifest to list bad records)") from None
+            self._arrays[ref] = array
+        return ImageTransform(size=self.image_size, train=True)(array, np.random.default_rng(list(seed)))
 
     def __call__(self, ref) -> torch.Tensor:
         key = ref if isinstance(ref, str) else (id(ref[1]), ref[2])

@@ -260,7 +260,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
                                        and n.removeprefix("backbone.") in run.backbone.no_weight_decay()})
             trainer = Trainer(module, {k: 1.0 for k in _loss_names(config)}, groups, config.optim, config.run,
                               run_dir, env, on_checkpoint=end_of_epoch)
-            dataset = ExampleList(train)
+            dataset = ExampleList(train, augment_seed=config.data.seed if config.data.augment else None)
             trainer.fit(lambda start: iterate_batches(dataset, run.collate, sampler, start, config.data.num_workers), progress)
             if env.is_main:
                 ckpt.load_weights(module, run_dir / "best" / ckpt.WEIGHTS)
