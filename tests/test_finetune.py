@@ -255,3 +255,14 @@ def test_finetune_augmentation_is_seeded_per_epoch_and_never_touches_evaluation(
     assert torch.equal(draws[0], draws[1])  # same (seed, epoch, index): same crop
     assert not torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], plain)
     assert ExampleList(examples)[0] is examples[0]  # no seed: the example itself
+
+
+def test_fused_classifier_boosts_only_its_new_classifier(micro_config):
+    """optim.head_lr_mult reaches the answer classifier alone; the fusion learns at the backbone's rate."""
+    from mpma.models.mpma import MPMAModel
+    from mpma.tasks.downstream import FusedClassifier
+
+    module = FusedClassifier(MPMAModel(micro_config(), vocab_size=50, pad_token_id=0), classes=3)
+    heads = module.head_parameter_names()
+    assert heads and all(name.startswith("head.") for name in heads)
+    assert any(name.startswith("backbone.fusion.") for name, _ in module.named_parameters())

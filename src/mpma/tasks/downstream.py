@@ -95,7 +95,9 @@ class FusedClassifier(nn.Module):
         return self.logits(batch).float()
 
     def head_parameter_names(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.startswith(("head.", "backbone.fusion."))}
+        """The new classifier only: the fusion trains at the backbone's rate. (At ``head_lr_mult``
+        times the rate, the co-attention fusion could not fit VQA-RAD: docs/RESULTS.md section 3.)"""
+        return {n for n, _ in self.named_parameters() if n.startswith("head.")}
 
 
 class UnimodalClassifier(nn.Module):
