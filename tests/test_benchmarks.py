@@ -33,3 +33,14 @@ def test_real_vqa_summarises_seeds_and_refuses_a_missing_shared_folder(tmp_path,
     with pytest.raises(SystemExit):
         real_vqa.main()
     assert "medpix" in capsys.readouterr().err
+
+
+def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text):
+    preset = tmp_path / "micro.yaml"
+    preset.write_text(micro_preset_text)
+    vqa_fit = _script("vqa_fit")
+    for path in vqa_fit.PATHS:
+        result = vqa_fit.fit(path, "synthrad", steps=2, lr=1e-3, preset=str(preset), batch_size=8,
+                             overrides=["fusion.memory_slots=0"] if path == "fusion" else [],
+                             data_overrides=("data.train_size=8", "data.val_size=4", "data.test_size=4"))
+        assert result["path"] == path and 0.0 <= result["train_accuracy_last_30_steps"] <= 1.0
