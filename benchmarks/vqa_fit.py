@@ -2,9 +2,9 @@
 
     python benchmarks/vqa_fit.py --data vqa-rad:../shared/data/vqa_rad [--steps 500] [--lr 1e-3]
 
-Trains a fresh answer classifier on the training questions only (no image reaches the answer)
-through, in turn: the word embeddings, the text encoder, the fusion's projection and final norm
-(fusion depth 0), and the full co-attention fusion. Each variant is a fresh ``tiny`` model with the
+Trains a fresh answer classifier on the mean of the question's token states after, in turn: the
+word embeddings, the text encoder, the fusion's projection and final norm (fusion depth 0), and the
+full co-attention fusion (whose text stream also attends to the image). Each variant is a fresh ``tiny`` model with the
 same seed, batches and optimiser (AdamW, one learning rate). It prints the running training accuracy
 of the last 30 steps: a path that fits much worse than the one before it is where the optimisation
 slows. This is how docs/RESULTS.md section 3 found the fusion learning-rate problem.
@@ -30,7 +30,7 @@ PATHS = ("embeddings", "text_encoder", "fusion_depth0", "fusion")
 
 
 def features(path: str, backbone, batch: dict) -> torch.Tensor:
-    """(B, D) mean over the question's tokens after ``path``; images (blank) reach only the fusion."""
+    """(B, D) mean over the question's tokens after ``path``; the images reach only the fusion."""
     mask = batch["attention_mask"]
     weights = mask.float().unsqueeze(-1)  # (B, T, 1)
     if path == "embeddings":
@@ -38,8 +38,7 @@ def features(path: str, backbone, batch: dict) -> torch.Tensor:
     else:
         tokens = backbone.encode_text(batch["input_ids"], mask)
     if path.startswith("fusion"):
-        blank = torch.zeros_like(batch["images"])
-        tokens = backbone.fuse(tokens, mask, backbone.encode_image(blank).tokens).text
+        tokens = backbone.fuse(tokens, mask, backbone.encode_image(batch["images"]).tokens).text
     return (tokens * weights).sum(1) / weights.sum(1)
 
 
