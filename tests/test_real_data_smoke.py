@@ -81,7 +81,7 @@ def test_prepare_pretrain_on_a_mixture_then_finetune_vqa(tmp_path):
         assert 0.0 <= metrics[key]["overall"] <= 1.0, key
     assert metrics["test_set"]["records"] == 12 and metrics["test_set"]["matches"] is False  # not the published 451
     config = json.loads((out / "config.json").read_text())
-    assert config["head"]["pool"] == "mean" and config["optim"]["head_lr_mult"] == 1.0  # the recipe was applied
+    assert config["head"]["pool"] == "mean" and config["optim"]["head_lr_mult"] == 10.0  # the recipe was applied
 
 
 @pytest.mark.slow
