@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_text import REPORTS as TEXT_REPORTS
 
 from mpma.cli import main
 from mpma.config import ConfigError
@@ -21,13 +22,7 @@ from mpma.data.text import (
     unknown_token_rate,
 )
 
-REPORTS = [
-    "Small nodule in the right upper zone.",
-    "No pleural effusion. The heart is enlarged.",
-    "Large pneumothorax on the left side; no consolidation.",
-    "Cardiomegaly. Opacity in the left lower zone.",
-    "Normal chest radiograph with no acute findings.",
-] * 10
+REPORTS = TEXT_REPORTS[:50]  # the five reports of test_text, ten times each
 # A WordPiece tokenizer spells any word whose characters it has seen, and every printable ASCII
 # character is in its alphabet: an unknown word needs a character outside ASCII.
 UNSEEN = "ωμεγα"
