@@ -18,7 +18,7 @@ import torch
 
 from mpma.data.pairs import PairCollator, SynthradPairs
 from mpma.data.synthrad import SynthRad
-from mpma.pretrained import load_model
+from mpma.hub import load_model
 
 CONTENT_WORDS = ("left", "right", "upper", "middle", "lower", "nodule", "opacity", "effusion", "pneumothorax",
                  "cardiomegaly", "small", "moderate", "large", "no")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from mpma.config import load_config
 from mpma.data.sampling import EpochBatches, iterate_batches
-from mpma.data.task_batches import ExampleList
-from mpma.finetune_config import FinetuneConfig
+from mpma.data.collate import ExampleList
+from mpma.config import FinetuneConfig
 from mpma.models.heads import ClassifierHead
 from mpma.pipelines.finetuning import FinetuneRun
 

@@ -57,10 +57,11 @@ def test_pretrain_writes_every_run_folder_file(micro_overrides, mpma_env, venv_b
         for key in [*TERMS, "loss", "lr", "samples_per_s"]:
             assert isinstance(row[key], float), key
 
-    # checkpoints/step_*/model.safetensors + state.pt
+    # checkpoints/step_*/: a model folder (mpma.hub) + state.pt
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["step_00000003"]
-    assert sorted(p.name for p in checkpoints[0].iterdir()) == ["model.safetensors", "state.pt"]
+    assert sorted(p.name for p in checkpoints[0].iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors",
+                                                                 "provenance.json", "state.pt", "tokenizer"]
     import torch
 
     assert torch.load(checkpoints[0] / "state.pt", weights_only=True)["step"] == 3

@@ -7,9 +7,12 @@ import json
 import pytest
 
 from mpma.config import (
+    PRESET_DIR,
     Config,
     ConfigError,
     DataConfig,
+    FinetuneConfig,
+    RemovedConfigKeyWarning,
     config_from_dict,
     load_config,
     overrides_to_dict,
@@ -183,3 +186,72 @@ def test_base_preset_builds_the_paper_scale_model_on_meta() -> None:
     assert model.fusion.layers[0].memory.memory.shape == (1, 64, 768)
     assert len(model.fusion.layers) == 6 and len(model.mim_decoder.blocks) == 4
     assert all(p.device.type == "meta" for p in model.parameters())
+
+
+# ------------------------------------------------------------------ the package layout and removed keys
+
+
+def test_presets_are_found_beside_the_package() -> None:
+    assert PRESET_DIR.is_dir() and (PRESET_DIR / "tiny.yaml").is_file()
+    assert PRESET_DIR.parent.name == "mpma"
+
+
+def test_public_names_of_the_config_package() -> None:
+    import mpma.config as config
+
+    for name in ["Config", "load_config", "config_from_dict", "ConfigError", "FinetuneConfig", "HeadConfig",
+                 "TaskDataConfig", "OptimConfig", "RunConfig", "VisionConfig", "TextConfig", "FusionConfig",
+                 "DecoderConfig", "ObjectivesConfig", "DataConfig", "overrides_to_dict", "parse_override",
+                 "preset_names"]:
+        assert hasattr(config, name), name
+    assert FinetuneConfig().optim.lr == pytest.approx(3e-4)  # fine-tuning's own optimiser defaults
+
+
+def test_saved_config_with_a_removed_key_loads_with_a_warning(tmp_path) -> None:
+    config = load_config("tiny", ["run.eval_size=32"])
+    old = config.to_dict()
+    old["data"]["val_size"] = 32  # written by versions before run.eval_size replaced it
+    with pytest.warns(RemovedConfigKeyWarning, match=r"data\.val_size.*removed.*run\.eval_size"):
+        assert config_from_dict(old) == config
+    assert old["data"]["val_size"] == 32  # the caller's dict is not modified
+    # the same file passed as a preset (``preset=RUN/config.json``, ``--config RUN/config.json``)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    with pytest.warns(RemovedConfigKeyWarning, match="data.val_size"):
+        assert load_config(str(path), ["optim.steps=5"]).optim.steps == 5
+
+
+def test_removed_keys_are_not_dropped_silently_nor_accepted_as_overrides() -> None:
+    with pytest.raises(ConfigError, match=r"data\.val_size.*removed.*run\.eval_size"):
+        load_config("tiny", ["data.val_size=100"])
+    assert not hasattr(Config().data, "val_size")
+    # other unknown keys stay errors, in saved configs too
+    with pytest.raises(ConfigError, match="data.val_sizes"):
+        config_from_dict({"data": {"val_sizes": 3}})
+
+
+def test_a_removed_key_of_one_root_is_alive_in_another() -> None:
+    # fine-tuning's data.val_size (validation cases) is a live key: no warning, no error
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config(None, ["data.val_size=7"], cls=FinetuneConfig)
+        assert config.data.val_size == 7
+        assert config_from_dict(config.to_dict(), FinetuneConfig) == config
+
+
+def test_presets_hold_no_removed_key() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RemovedConfigKeyWarning)
+        for name in preset_names():
+            load_config(name)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_drop_path_must_be_a_rate(rate: float) -> None:
+    with pytest.raises(ConfigError, match="vision.drop_path"):
+        load_config("tiny", [f"vision.drop_path={rate}"])
+    assert load_config("tiny", ["vision.drop_path=0.1"]).vision.drop_path == pytest.approx(0.1)

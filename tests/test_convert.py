@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mpma.models.factory import create_model
 from mpma.config import TextConfig, load_config
 from mpma.models.convert import (
     ConversionError,
@@ -246,13 +247,13 @@ def test_vision_init_in_the_config_loads_clip_into_the_backbone(clip_dir, micro_
     path, hf = clip_dir
     config = micro_config(f"vision.init={path}", "vision.depth=2", "vision.mlp_ratio=2.0", "vision.pre_norm=true",
                           "vision.activation=quick_gelu", "vision.norm_eps=1e-5")
-    model = MPMAModel(config, len(tokenizer), tokenizer.pad_token_id).eval()
+    model = create_model(config, len(tokenizer), tokenizer.pad_token_id).eval()
     assert model.init_reports["vision"].ok
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert max_diff(model.encode_image(images).tokens, clip_reference(hf, images)) < TOL
     with pytest.raises(ConversionError, match="vision.pre_norm=true"):
-        MPMAModel(micro_config(f"vision.init={path}", "vision.depth=2", "vision.mlp_ratio=2.0"), len(tokenizer),
+        create_model(micro_config(f"vision.init={path}", "vision.depth=2", "vision.mlp_ratio=2.0"), len(tokenizer),
                   tokenizer.pad_token_id)
 
 
@@ -279,11 +280,11 @@ def save_text_model(folder: Path, model_type: str, vocab_size: int, seed: int = 
 def test_text_encoder_equals_automodel_on_the_same_folder(tmp_path, model_type):
     from transformers import AutoModel
 
-    from mpma.models.text import TextEncoder
+    from mpma.models.factory import create_text_encoder
 
     pad = 1 if model_type == "roberta" else 0
     folder = save_text_model(tmp_path / model_type, model_type, vocab_size=120)
-    ours = TextEncoder(TextConfig(init=str(folder)), vocab_size=120, pad_token_id=pad).eval()
+    ours = create_text_encoder(TextConfig(init=str(folder)), vocab_size=120, pad_token_id=pad).eval()
     reference = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
     ids = torch.randint(3, 120, (3, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -297,7 +298,7 @@ def test_text_encoder_equals_automodel_on_the_same_folder(tmp_path, model_type):
 
 def test_convert_cli_builds_a_model_folder_from_clip_and_bert(tmp_path, clip_dir, tokenizer_dir, tokenizer, capsys):
     from mpma.cli import main
-    from mpma.pretrained import from_pretrained
+    from mpma.hub import from_pretrained
 
     clip_path, hf = clip_dir
     text_dir = save_text_model(tmp_path / "bert", "bert", len(tokenizer), tokenizer_dir=tokenizer_dir)
@@ -342,7 +343,7 @@ def test_real_minilm_text_encoder_equals_automodel(micro_overrides):
     tokenizer = load_tokenizer(folder)
     micro_vision_fusion = [o for o in micro_overrides if o.startswith(("vision.", "fusion.", "decoder.", "objectives."))]
     config = load_config("small", [f"text.init={folder}", f"text.tokenizer={folder}", *micro_vision_fusion])
-    model = MPMAModel(config, len(tokenizer), tokenizer.pad_token_id).eval()
+    model = create_model(config, len(tokenizer), tokenizer.pad_token_id).eval()
     reference = AutoModel.from_pretrained(folder, local_files_only=True).eval()
     texts = ["There is a small nodule in the right upper lobe.", "A nodule is seen in the right upper lung.",
              "The heart size is normal.", "no acute cardiopulmonary process"]

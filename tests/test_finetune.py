@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpma.cli import main
-from mpma.data.tasks import held_out_split, label_fraction
+from mpma.tasks.data import held_out_split, label_fraction
 
 MICRO_RUN_SETTINGS = """data: {batch_size: 8, train_size: 64}
 optim: {steps: 3, warmup_steps: 1}
@@ -123,8 +123,8 @@ def test_finetune_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_vqa_answer_vocabulary_conventions():
-    from mpma.data.tasks import TaskData
-    from mpma.pipelines.finetuning import answer_vocabulary
+    from mpma.tasks.data import TaskData
+    from mpma.tasks.vqa import answer_vocabulary
 
     data = TaskData({"train": [{"answer": "Yes"}], "val": [{"answer": "left "}], "test": [{"answer": "Right."}]})
     assert answer_vocabulary(data, "train") == ["left", "yes"]
@@ -159,7 +159,7 @@ def test_retrieval_from_a_pretrained_run_scores_the_zero_shot_weights_as_epoch_0
 def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
     from mpma.config import load_config
     from mpma.eval.downstream import FusionCallCounter, evaluate_retrieval
-    from mpma.finetune_config import FinetuneConfig
+    from mpma.config import FinetuneConfig
     from mpma.pipelines.finetuning import FinetuneRun
 
     config = load_config(None, ["task=retrieval", f"init={pretrained_run}", "epochs=0", "data.test_size=20"], cls=FinetuneConfig)
@@ -192,8 +192,8 @@ def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path,
     """A question-only model sees all-zero images; the shuffled test score differs from the plain one
     only through the images (each example keeps its question and answer)."""
     from mpma.config import load_config
-    from mpma.data.task_batches import TaskCollator
-    from mpma.finetune_config import FinetuneConfig
+    from mpma.data.collate import TaskCollator
+    from mpma.config import FinetuneConfig
     from mpma.pipelines.finetuning import FinetuneRun
 
     config = load_config(None, [f"preset={micro_preset}", *SMALL_DATA], cls=FinetuneConfig)
@@ -201,7 +201,8 @@ def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path,
     examples = run.data.splits["test"][:4]
     batch = run.collate(examples)
     assert batch["images"].abs().sum() > 0
-    blank = TaskCollator("vqa", run.tokenizer, 16, run.collate.images, run.classes, blank_images=True)(examples)
+    blank = TaskCollator(run.tokenizer, 16, run.collate.images, reads_image=True, text_fields=("question",),
+                         target="answer", classes=run.classes, blank_images=True)(examples)
     assert torch.count_nonzero(blank["images"]) == 0
     assert torch.equal(blank["input_ids"], batch["input_ids"])
 
@@ -236,15 +237,15 @@ def test_finetune_augmentation_is_seeded_per_epoch_and_never_touches_evaluation(
     from PIL import Image
 
     from mpma.data.image import load_image, to_tensor
-    from mpma.data.task_batches import ExampleList, TaskCollator
-    from mpma.data.tasks import ImageStore
+    from mpma.data.collate import ExampleList, ImageStore, TaskCollator
     from mpma.data.text import train_tokenizer
 
     path = tmp_path / "ct.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70), dtype=np.uint8)).save(path)
     examples = [{"image": str(path), "question": "is it normal?", "answer": "yes", "answer_type": "CLOSED"}]
     tokenizer = train_tokenizer(["is it normal?"], tmp_path / "tok", vocab_size=120)
-    collate = TaskCollator("vqa", tokenizer, 16, ImageStore(32), ["yes"])
+    collate = TaskCollator(tokenizer, 16, ImageStore(32), reads_image=True, text_fields=("question",), target="answer",
+                           classes=["yes"])
     plain = collate(examples)["images"][0]
     assert torch.allclose(plain, to_tensor(load_image(path), 32))  # evaluation: no augmentation
     dataset = ExampleList(examples, augment_seed=3)
@@ -260,7 +261,7 @@ def test_finetune_augmentation_is_seeded_per_epoch_and_never_touches_evaluation(
 def test_fused_classifier_boosts_only_its_new_classifier(micro_config):
     """optim.head_lr_mult reaches the answer classifier alone; the fusion learns at the backbone's rate."""
     from mpma.models.mpma import MPMAModel
-    from mpma.tasks.downstream import FusedClassifier
+    from mpma.tasks.classification import FusedClassifier
 
     module = FusedClassifier(MPMAModel(micro_config(), vocab_size=50, pad_token_id=0), classes=3)
     heads = module.head_parameter_names()

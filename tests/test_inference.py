@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mpma.data.image import ImageError
-from mpma.inference import Predictor, image_to_array
-from mpma.pretrained import save_pretrained
-from mpma.tasks.downstream import FusedClassifier, UnimodalClassifier
+from mpma.data.image import ImageError, image_to_array
+from mpma.hub import save_pretrained
+from mpma.inference import Predictor
+from mpma.tasks.classification import FusedClassifier, UnimodalClassifier
 
 ANSWERS = ["yes", "no", "left", "right", "two"]
 LABELS = ["nodule", "effusion", "normal"]
@@ -192,5 +192,5 @@ def test_classify_each_head(models, images):
     assert set(both) == set(LABELS)
     with pytest.raises(ValueError, match="needs a text"):
         models["mm_cls"].classify(images["png"])
-    with pytest.raises(ValueError, match="img_cls or txt_cls or mm_cls"):
+    with pytest.raises(ValueError, match="img_cls, txt_cls or mm_cls"):
         models["vqa"].classify(images["png"], "x")

@@ -236,7 +236,7 @@ def test_sincos_position_table_separates_rows_and_columns() -> None:
 
 def test_pool_fused_mean_ignores_padding_and_cls_reads_the_poolers() -> None:
     from mpma.models.fusion import FusionOutput
-    from mpma.tasks.downstream import pool_fused
+    from mpma.tasks.classification import pool_fused
 
     torch.manual_seed(0)
     text, image, pooled = torch.randn(2, 5, 4), torch.randn(2, 3, 4), torch.randn(2, 8)
@@ -252,3 +252,83 @@ def test_pool_fused_mean_ignores_padding_and_cls_reads_the_poolers() -> None:
     assert pool_fused(fused, mask, "cls") is pooled
     with pytest.raises(ValueError, match="pool must be one of"):
         pool_fused(fused, mask, "max")
+
+
+# ------------------------------------------------------------------ stochastic depth (vision.drop_path)
+
+
+def test_drop_path_rates_grow_linearly_over_the_depth() -> None:
+    from mpma.models.vision import drop_path_rates
+
+    assert drop_path_rates(0.2, 5) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    assert drop_path_rates(0.3, 1) == [0.0]
+    assert drop_path_rates(0.0, 4) == [0.0] * 4
+    vit = VisionTransformer(VisionConfig(image_size=16, patch_size=8, width=16, depth=3, heads=2, drop_path=0.4))
+    assert vit.blocks[0].drop_path is None  # rate 0: no DropPath module
+    assert [b.drop_path.rate for b in vit.blocks[1:]] == pytest.approx([0.2, 0.4])
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_expectation() -> None:
+    from mpma.models.layers import drop_path
+
+    x = torch.ones(4000, 3, 2)
+    torch.manual_seed(0)
+    out = drop_path(x, 0.25, training=True)
+    per_sample = out.flatten(1)
+    assert torch.equal(per_sample, per_sample[:, :1].expand_as(per_sample))  # one draw per sample
+    assert per_sample[:, 0].unique().tolist() == pytest.approx([0.0, 1 / 0.75])  # dropped or rescaled
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    assert out.mean().item() == pytest.approx(1.0, abs=0.05)
+    state = torch.get_rng_state()
+    assert drop_path(x, 0.25, training=False) is x and drop_path(x, 0.0, training=True) is x
+    assert torch.equal(torch.get_rng_state(), state)  # neither draws a random number
+
+
+def _vit_pair(drop_path: float) -> tuple[VisionTransformer, VisionTransformer]:
+    """A ViT with ``drop_path`` and its twin without, holding the same weights."""
+    shape = dict(image_size=32, patch_size=8, width=32, depth=3, heads=2)
+    torch.manual_seed(0)
+    plain = VisionTransformer(VisionConfig(**shape))
+    torch.manual_seed(0)
+    dropping = VisionTransformer(VisionConfig(**shape, drop_path=drop_path))
+    assert dropping.state_dict().keys() == plain.state_dict().keys()  # DropPath has no state
+    for a, b in zip(plain.state_dict().values(), dropping.state_dict().values()):
+        assert torch.equal(a, b)  # building DropPath draws no random number either
+    return plain, dropping
+
+
+def test_vit_drop_path_in_training_and_eval() -> None:
+    plain, dropping = _vit_pair(0.5)
+    images = torch.randn(64, 3, 32, 32)
+    dropping.train()
+    torch.manual_seed(1)
+    first, second = dropping(images).tokens, dropping(images).tokens
+    differs = (first - second).flatten(1).abs().amax(1) > 0
+    # per sample: most samples drew different branches in the two calls, a few (~10%) the same ones
+    assert 0 < int(differs.sum()) < 64
+    torch.manual_seed(3)
+    again = dropping(images).tokens
+    torch.manual_seed(3)
+    assert torch.equal(dropping(images).tokens, again)  # torch's RNG decides: a seed replays it
+    dropping.eval()
+    reference = plain.eval()(images).tokens
+    assert torch.equal(dropping(images).tokens, dropping(images).tokens)
+    assert torch.equal(dropping(images).tokens, reference)  # eval: the full network, no rescaling
+
+
+def test_vit_without_drop_path_is_the_plain_computation_and_draws_nothing() -> None:
+    from mpma.models.layers import Block
+
+    vit = _vit_pair(0.5)[0].train()
+    assert all(block.drop_path is None for block in vit.blocks)
+    images = torch.randn(4, 3, 32, 32)
+    state = torch.get_rng_state()
+    out = vit(images).tokens
+    assert torch.equal(torch.get_rng_state(), state)  # drop_path=0 consumes no random number in training
+    # the block is exactly x + attn(norm1(x)); x + mlp(norm2(x)), as before drop path existed
+    block = vit.blocks[0]
+    assert isinstance(block, Block)
+    x = torch.randn(4, 5, 32)
+    h = x + block.attn(block.norm1(x))[0]
+    assert torch.equal(block(x), h + block.mlp(block.norm2(h)))
+    assert torch.equal(vit.eval()(images).tokens, out)  # train and eval agree when nothing is dropped

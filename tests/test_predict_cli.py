@@ -121,7 +121,7 @@ def test_pretraining_run_exports_to_a_backbone_folder(tmp_path, synth, capsys, m
     from safetensors.torch import load_file
 
     from mpma.engine.checkpoint import latest_checkpoint
-    from mpma.pretrained import from_pretrained
+    from mpma.hub import from_pretrained
 
     preset = tmp_path / "micro.yaml"
     preset.write_text(micro_preset_text + "optim: {steps: 2, warmup_steps: 1}\nrun: {checkpoint_every: 2, eval_size: 16}\n"
@@ -133,7 +133,7 @@ def test_pretraining_run_exports_to_a_backbone_folder(tmp_path, synth, capsys, m
     assert loaded.task is None and loaded.backbone.mlm_head is not None  # pre-training heads are kept
     saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))
     for key, value in loaded.backbone.state_dict().items():
-        assert torch.equal(value, saved["model." + key]), key
+        assert torch.equal(value, saved[key]), key
     assert "data `synthrad`, 2 steps" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
     capsys.readouterr()
     image = str(synth / "images" / "train_000000.png")

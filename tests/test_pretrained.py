@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from mpma.pretrained import WeightsMismatchError, from_pretrained, save_pretrained
-from mpma.tasks.downstream import FusedClassifier, RetrievalTrainer, UnimodalClassifier
+from mpma.models.factory import create_model
+from mpma.hub import WeightsMismatchError, from_pretrained, save_pretrained
+from mpma.tasks.classification import FusedClassifier, UnimodalClassifier
+from mpma.tasks.retrieval import RetrievalTrainer
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_backbone_round_trip_gives_identical_outputs(tmp_path, backbone, tokeniz
 
 def _task_modules(backbone):
     yield "vqa", FusedClassifier(_fresh(backbone), 5, "bce"), ["yes", "no", "left", "right", "two"], {}
-    yield "mm_cls", FusedClassifier(_fresh(backbone), 3, "ce", hidden_mult=1.3, pool="mean"), ["a", "b", "c"], {}
+    yield "mm_cls", FusedClassifier(_fresh(backbone), 3, "ce", hidden=83, pool="mean"), ["a", "b", "c"], {}
     yield "img_cls", UnimodalClassifier(_fresh(backbone), "image", 4, multi_label=True), list("wxyz"), {"multi_label": True}
     yield "txt_cls", UnimodalClassifier(_fresh(backbone), "text", 2, multi_label=False), ["entail", "contradict"], {}
     yield "retrieval", RetrievalTrainer(_fresh(backbone), use_itm=True), [], {}
@@ -159,7 +161,7 @@ def test_text_encoder_architecture_is_saved_with_the_folder(tmp_path, micro_conf
                               type_vocab_size=1, layer_norm_eps=1e-7)
     torch.manual_seed(0)
     AutoModel.from_config(hf).save_pretrained(str(source))
-    model = MPMAModel(micro_config(f"text.init={source}"), len(tokenizer), tokenizer.pad_token_id).eval()
+    model = create_model(micro_config(f"text.init={source}"), len(tokenizer), tokenizer.pad_token_id).eval()
     assert model.text.width == 48
     folder = save_pretrained(model, tmp_path / "saved", tokenizer)
     shutil.rmtree(source)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from mpma.cli import main
-from mpma.viz.report import vqa_breakdown, write_report
+from mpma.pipelines.report_examples import write_run_report
+from mpma.viz.report import VqaPredictions, vqa_breakdown, write_report
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def _check_references(html_path: Path, md_path: Path) -> list[str]:
 
 
 def test_pretraining_report(micro_run, tmp_path):
-    html_path, md_path = write_report(micro_run, tmp_path / "rep", examples=2, pointing_cases=8)
+    html_path, md_path = write_run_report(micro_run, tmp_path / "rep", examples=2, pointing_cases=8)
     figures = _check_references(html_path, md_path)
     assert {"curves.png", "reconstructions.png", "alignment_0.png"} <= set(figures)
     markdown = md_path.read_text()
@@ -75,13 +76,27 @@ def test_report_of_a_run_still_being_written(micro_run, tmp_path, capsys):
 
 def test_finetuning_writes_curves_and_vqa_report(vqa_run, tmp_path):
     assert (vqa_run / "curves.png").is_file()  # drawn after the epoch's validation line
-    html_path, md_path = write_report(vqa_run, tmp_path / "rep", examples=1)
+    html_path, md_path = write_run_report(vqa_run, tmp_path / "rep", examples=1)
     figures = _check_references(html_path, md_path)
     assert set(figures) == {"curves.png", "vqa_confusion.png"}
     markdown = md_path.read_text()
     for section in ("Validation per epoch", "Test metrics (best epoch)", "VQA test breakdown", "Backbone"):
         assert f"## {section}" in markdown, section
     assert "| true \\ predicted | yes | no | other |" in markdown and "| presence |" in markdown
+
+
+def test_report_draws_only_what_it_is_given(micro_run, vqa_run, tmp_path):
+    """viz.report reads files and draws: without computed examples no model is loaded and no section is made up."""
+    _, md_path = write_report(micro_run, tmp_path / "bare")
+    markdown = md_path.read_text()
+    assert "## Training curves" in markdown and "## Examples" not in markdown and "Pointing game" not in markdown
+    examples = [{"answer": "yes", "answer_type": "CLOSED", "question_type": "presence"},
+                {"answer": "no", "answer_type": "CLOSED", "question_type": "presence"}]
+    _, md_path = write_report(vqa_run, tmp_path / "given", vqa=VqaPredictions(["yes", "yes"], examples))
+    _check_references(md_path.with_name("index.html"), md_path)
+    assert "| yes | 1 | 0 | 0 |" in md_path.read_text() and "| presence | 2 | 0.5 |" in md_path.read_text()
+    _, md_path = write_report(vqa_run, tmp_path / "failed", vqa=VqaPredictions(error="OSError: no weights"))
+    assert "VQA breakdown skipped: OSError: no weights" in md_path.read_text()
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""Figures: training curves, MAE reconstructions, word->patch maps and the pointing game (micro models)."""
+"""Figures: training curves, MAE reconstructions, word->patch maps and the pointing game (micro models).
+
+The maps and the pointing game are computed by mpma.eval.pointing (P), drawn by mpma.viz.alignment (A)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 from mpma.cli import main
+from mpma.eval import pointing as P
 from mpma.viz import alignment as A
 from mpma.viz import curves as C
 from mpma.viz import reconstruct as R
@@ -40,7 +43,7 @@ def _rows(n: int, start: int = 1) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def loaded(micro_run):
-    from mpma.pretrained import load_model
+    from mpma.hub import load_model
 
     return load_model(micro_run)
 
@@ -162,7 +165,7 @@ def test_alignment_maps_have_the_patch_grid_shape(loaded):
     cases = synthrad_cases(loaded.config, 3)
     images = torch.stack([case_tensor(c, loaded.preprocess) for c in cases])
     batch = tokenize_texts(loaded.tokenizer, [c.report for c in cases], 48)
-    maps = A.token_maps(loaded.backbone, images, batch["input_ids"], batch["attention_mask"])
+    maps = P.token_maps(loaded.backbone, images, batch["input_ids"], batch["attention_mask"])
     grid = loaded.config.vision.image_size // loaded.config.vision.patch_size
     assert maps.grid == grid
     assert maps.local.shape == (*batch["input_ids"].shape, grid, grid)
@@ -170,8 +173,8 @@ def test_alignment_maps_have_the_patch_grid_shape(loaded):
     assert maps.local.abs().max() <= 1 + 1e-5  # cosine similarities
     assert (maps.attention >= 0).all() and (maps.attention.sum((-1, -2)) <= 1 + 1e-5).all()  # CLS column removed
     words = A.content_words(loaded.tokenizer, cases[0].report, 48)
-    assert words and all(w.lower() not in A.STOPWORDS for w, _ in words)
-    assert A.word_map(maps.local[0], words[0][1]).shape == (grid, grid)
+    assert words and all(w.lower() not in P.STOPWORDS for w, _ in words)
+    assert P.word_map(maps.local[0], words[0][1]).shape == (grid, grid)
 
 
 def test_alignment_command_png(micro_run, loaded, tmp_path, capsys):
@@ -194,11 +197,11 @@ def test_alignment_command_png(micro_run, loaded, tmp_path, capsys):
 def test_alignment_of_a_vqa_model_shows_the_question_attention_and_answer(loaded, tmp_path, tokenizer):
     import copy
 
-    from mpma.pretrained import load_model, save_pretrained
-    from mpma.tasks.downstream import FusedClassifier
+    from mpma.hub import load_model, save_pretrained
+    from mpma.tasks.classification import FusedClassifier
 
-    folder = save_pretrained(FusedClassifier(copy.deepcopy(loaded.backbone), 2, "ce"), tmp_path / "vqa", tokenizer,
-                             task={"task": "vqa", "classes": ["yes", "no"]})
+    module = FusedClassifier(copy.deepcopy(loaded.backbone), 2, "ce", hidden=64)
+    folder = save_pretrained(module, tmp_path / "vqa", tokenizer, task={"task": "vqa", "classes": ["yes", "no"]})
     vqa = load_model(folder)
     path, info = A.alignment_figure(vqa, np.zeros((32, 32), np.uint8) + np.arange(32, dtype=np.uint8)[None] * 8,
                                     "Is there a nodule?", tmp_path / "vqa.png")
@@ -211,12 +214,12 @@ def test_alignment_of_a_vqa_model_shows_the_question_attention_and_answer(loaded
 
 def test_box_patches_counts_any_area_overlap():
     # 32 px image, 4x4 grid of 8 px patches; box rows 2..5, columns 10..19 -> patch row 0, columns 1 and 2
-    inside = A.box_patches((2, 10, 6, 20), 4, 32)
+    inside = P.box_patches((2, 10, 6, 20), 4, 32)
     assert inside.sum() == 2 and inside[0, 1] and inside[0, 2]
     # exclusive ends: a box exactly covering patch (1, 1) touches no neighbour
-    assert np.argwhere(A.box_patches((8, 8, 16, 16), 4, 32)).tolist() == [[1, 1]]
+    assert np.argwhere(P.box_patches((8, 8, 16, 16), 4, 32)).tolist() == [[1, 1]]
     # 8x8 grid on a 64 px image, box of one pixel -> one patch
-    assert A.box_patches((63, 0, 64, 1), 8, 64).sum() == 1
+    assert P.box_patches((63, 0, 64, 1), 8, 64).sum() == 1
 
 
 def test_pointing_game_on_a_constructed_case():
@@ -225,14 +228,14 @@ def test_pointing_game_on_a_constructed_case():
     miss_map = np.zeros((4, 4))
     miss_map[3, 3] = 1.0
     boxes = [(2, 10, 6, 20), (8, 8, 16, 16)]
-    assert A.pointing_hit(hit_map, boxes[0], 32) and not A.pointing_hit(miss_map, boxes[1], 32)
-    result = A.pointing_game([hit_map, miss_map], boxes, 32)
+    assert P.pointing_hit(hit_map, boxes[0], 32) and not P.pointing_hit(miss_map, boxes[1], 32)
+    result = P.pointing_game([hit_map, miss_map], boxes, 32)
     assert (result.hits, result.n) == (1, 2)
     assert result.hit_rate == 0.5
     assert result.chance == pytest.approx((2 / 16 + 1 / 16) / 2)
     # a map that is the box indicator always hits
-    maps = [A.box_patches(b, 4, 32).astype(float) for b in boxes]
-    assert A.pointing_game(maps, boxes, 32).hit_rate == 1.0
+    maps = [P.box_patches(b, 4, 32).astype(float) for b in boxes]
+    assert P.pointing_game(maps, boxes, 32).hit_rate == 1.0
 
 
 def test_every_located_finding_is_found_in_its_report():
@@ -240,18 +243,18 @@ def test_every_located_finding_is_found_in_its_report():
 
     case = generate_case(5, findings=[Finding("nodule", "left", "lower", "small"),
                                       Finding("nodule", "right", "upper", "large")])
-    mentions = A.finding_mentions(case)
+    mentions = P.finding_mentions(case)
     assert len(mentions) == 2
     for finding, box, (start, end) in mentions:
         sentence = case.report[: end].rsplit(".", 1)[-1] + case.report[end:].split(".", 1)[0]
         assert finding.side in sentence and box in case.boxes  # each mention in its own side's sentence
-        assert case.report[start:end].lower() in A._phrases("nodule")
+        assert case.report[start:end].lower() in P._phrases("nodule")
     found = total = 0
     for index in range(60):
         case = generate_case(index, image_size=32)
-        located = [f for f in case.findings if f.kind in A.LATERAL]
+        located = [f for f in case.findings if f.kind in P.LATERAL]
         total += len(located)
-        found += sum(f.kind in A.LATERAL for f, _, _ in A.finding_mentions(case))
+        found += sum(f.kind in P.LATERAL for f, _, _ in P.finding_mentions(case))
     assert total > 40 and found == total
 
 
@@ -267,3 +270,16 @@ def test_pointing_game_command(micro_run, tmp_path, capsys):
         assert 0 <= entry["hit_rate"] <= 1 and entry["n"] == result["n_mentions"]
     assert 0 < result["chance_rate"] < 1
     _png(out)
+
+
+def test_viz_imports_only_lower_layers():
+    """viz draws what it is given: it never imports inference, pipelines, the hub, the engine or the CLI."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport mpma.viz.alignment, mpma.viz.common, mpma.viz.curves, mpma.viz.reconstruct, "
+            "mpma.viz.report\nprint(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['mpma', 'inference'], ['mpma', 'pipelines'], ['mpma', 'hub'], ['mpma', 'engine'], ['mpma', 'cli'])))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -24,50 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpma.pretrained import PretrainedModel, load_model
+from mpma.data.image import image_to_array, to_tensor  # image_to_array re-exported for users
+from mpma.data.text import tokenize
+from mpma.hub import PretrainedModel, load_model
+from mpma.tasks.base import get_task
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
 
 def _is_image_path(value: Any) -> bool:
     return isinstance(value, os.PathLike) or (isinstance(value, str) and Path(value).suffix != "" and Path(value).exists())
-
-
-def image_to_array(image: ImageInput) -> np.ndarray:
-    """Any supported image input -> (H, W) or (H, W, 3|4) uint8 array.
-
-    Raises:
-        mpma.data.image.ImageError: a path that is missing or cannot be decoded (the message names it).
-        TypeError / ValueError: an unsupported object or array shape.
-    """
-    from PIL import Image
-
-    from mpma.data.image import _minmax_to_uint8, load_image
-
-    if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            return _minmax_to_uint8(np.asarray(image))
-        return np.asarray(image.convert("L" if image.mode in ("L", "1", "LA") else "RGB"), dtype=np.uint8).copy()
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"unsupported image type {type(image).__name__}: pass a path, a PIL image or a numpy array")
-    array = image
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise ValueError(f"unsupported image array shape {image.shape}: expected (H, W), (H, W, 3|4) or (3, H, W)")
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating) and np.nanmin(array) >= 0.0 and np.nanmax(array) <= 1.0:
-        return np.round(np.nan_to_num(array) * 255.0).astype(np.uint8)
-    return _minmax_to_uint8(array)
 
 
 def _as_list(value: Any, kind: str) -> tuple[list, bool]:
@@ -80,7 +46,7 @@ def _as_list(value: Any, kind: str) -> tuple[list, bool]:
 
 
 class Predictor:
-    """Inference on a loaded model (see :func:`mpma.pretrained.load_model`).
+    """Inference on a loaded model (see :func:`mpma.hub.load_model`).
 
     Args:
         model: a :class:`PretrainedModel`.
@@ -121,13 +87,9 @@ class Predictor:
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> (N, 3, S, S) normalised float tensor on the CPU."""
-        from mpma.data.image import to_tensor
-
         return torch.stack([to_tensor(image_to_array(image), self.image_size, self.mean, self.std) for image in images])
 
     def _tokens(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
-        from mpma.data.text import tokenize
-
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be strings")
         encoded = tokenize(self.tokenizer, texts, self.max_length, pairs)
@@ -137,10 +99,22 @@ class Predictor:
         for start in range(0, n, self.batch_size):
             yield start, min(n, start + self.batch_size)
 
-    def _require(self, *tasks: str) -> None:
-        if self.task not in tasks:
+    @property
+    def reads_image(self) -> bool:
+        """The model's task head reads an image (False for a backbone)."""
+        return self.task is not None and get_task(self.task).reads_image
+
+    @property
+    def reads_text(self) -> bool:
+        """The model's task head reads a text (False for a backbone)."""
+        return self.task is not None and bool(get_task(self.task).text_fields)
+
+    def _require(self, target: str, what: str) -> None:
+        """The model must have a trained head predicting ``target`` ("answer" or "labels")."""
+        spec = get_task(self.task) if self.task is not None else None
+        if spec is None or not spec.trains or spec.target != target:
             raise ValueError(f"this model's task is {self.task or 'none (a backbone)'}; this call needs a model "
-                             f"fine-tuned for {' or '.join(tasks)}")
+                             f"fine-tuned for {what}")
 
     def _require_alignment(self) -> None:
         if not self.backbone.has_global_alignment:
@@ -264,7 +238,7 @@ class Predictor:
             Probabilities are a softmax over the answer vocabulary for a CE-trained head, and independent
             sigmoid scores (M3AE's soft-score BCE) for a BCE-trained head.
         """
-        self._require("vqa")
+        self._require("answer", "vqa")
         questions, single = _as_list(question, "questions")
         images, _ = _as_list(image, "images")
         if len(images) == 1 and len(questions) > 1:
@@ -282,8 +256,8 @@ class Predictor:
         Returns {label: probability}, most likely first (softmax; independent sigmoids for multi-label heads),
         or a list of such dicts for list inputs.
         """
-        self._require("img_cls", "txt_cls", "mm_cls")
-        needs_image, needs_text = self.task in ("img_cls", "mm_cls"), self.task in ("txt_cls", "mm_cls")
+        self._require("labels", "a classification task (img_cls, txt_cls or mm_cls)")
+        needs_image, needs_text = self.reads_image, self.reads_text
         if needs_image and image is None:
             raise ValueError(f"a {self.task} model needs an image")
         if needs_text and text is None:

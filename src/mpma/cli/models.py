@@ -25,7 +25,9 @@ def register(commands) -> None:
                     "weights: --vision (Hugging Face CLIP folder, OpenAI/open_clip state dict or mpma model) and/or "
                     "--text (a BERT-family Hugging Face folder) on top of --config; or export --run (a pre-training or "
                     "fine-tuning run folder). Prints the key-mapping report; nothing is downloaded.")
-    convert.add_argument("--out", required=True, help="output model folder")
+    convert.add_argument("--out", help="output model folder (required except with --upgrade)")
+    convert.add_argument("--upgrade", metavar="DIR", help="rewrite a run folder written by mpma 0.1.0 in the current "
+                         "format, in place (checkpoints and best/ become model folders; --resume works again)")
     convert.add_argument("--run", help="export this pre-training / fine-tuning run folder instead")
     convert.add_argument("--config", default="base", help="preset or YAML for the architecture (default: base)")
     convert.add_argument("--vision", help="CLIP vision weights: HF folder, OpenAI/open_clip .safetensors/.bin, or mpma model")
@@ -82,8 +84,18 @@ def register(commands) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mpma.pretrained import load_model, save_pretrained
+    from mpma.hub import load_model, save_pretrained
+    from mpma.hub.legacy import upgrade
 
+    if args.upgrade:
+        if args.out or args.run or args.vision or args.text or args.overrides:
+            raise ValueError("--upgrade rewrites DIR in place; drop --out/--run/--vision/--text/overrides")
+        written = upgrade(args.upgrade)
+        print(f"upgraded {len(written)} folder(s) of {args.upgrade}" if written else
+              f"{args.upgrade}: nothing to upgrade (already in the current format, or not an mpma run folder)")
+        return 0
+    if not args.out:
+        raise ValueError("pass --out DIR (the model folder to write)")
     out = Path(args.out)
     if args.run:
         if args.vision or args.text or args.overrides:
@@ -116,7 +128,7 @@ def build_converted(source: str, overrides: list[str], vision: str | None, text:
     from mpma.config import load_config
     from mpma.data.text import load_tokenizer
     from mpma.models.convert import vision_config_for
-    from mpma.models.mpma import MPMAModel
+    from mpma.models.factory import create_model
 
     config = load_config(source, list(overrides))
     if vision:
@@ -140,7 +152,7 @@ def build_converted(source: str, overrides: list[str], vision: str | None, text:
         raise ValueError("pass --tokenizer DIR (or --text DIR with its tokenizer files): a converted model needs one")
     config.text.tokenizer = str(Path(tokenizer_path or config.text.tokenizer).resolve())
     tokenizer = load_tokenizer(config.text.tokenizer)
-    model = MPMAModel(config, len(tokenizer), tokenizer.pad_token_id).eval()
+    model = create_model(config, len(tokenizer), tokenizer.pad_token_id).eval()
     return model, tokenizer, config, model.init_reports
 
 
@@ -290,8 +302,7 @@ def cmd_predict_classify(args: argparse.Namespace) -> int:
     if not args.manifest and not (args.image or args.text):
         raise ValueError("pass --image and/or --text, or --manifest FILE.jsonl")
     predictor = _predictor(args)
-    uses_image = predictor.task in ("img_cls", "mm_cls")
-    uses_text = predictor.task in ("txt_cls", "mm_cls")
+    uses_image, uses_text = predictor.reads_image, predictor.reads_text
     if not args.manifest:
         probs = predictor.classify(args.image if uses_image else None, args.text if uses_text else None)
         _print({"image": args.image, "text": args.text, "label": next(iter(probs)), "probabilities": probs})

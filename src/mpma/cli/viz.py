@@ -59,12 +59,14 @@ def register(commands) -> None:
 
 
 def _load(path: str):
-    from mpma.pretrained import load_model
+    """A model folder or run folder, loaded on the CPU."""
+    from mpma.hub import load_model
 
     return load_model(path)
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
+    """``mpma visualize curves``: the log of one run, or several overlaid."""
     from mpma.viz.curves import CURVES_PNG, plot_runs
 
     runs = [Path(r).parent if Path(r).is_file() else Path(r) for r in args.run]
@@ -74,6 +76,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 
 def _manifest_records(path: str, n: int) -> tuple[list[str], list[str]]:
+    """(image paths, texts) of the first ``n`` records of a JSONL manifest (paths resolved against its folder)."""
     from mpma.data.records import read_jsonl
 
     manifest = Path(path)
@@ -90,6 +93,7 @@ def _manifest_records(path: str, n: int) -> tuple[list[str], list[str]]:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """``mpma visualize reconstruct``: images from --image, --manifest or --synthrad."""
     from mpma.viz.reconstruct import reconstruct_files
 
     sources = sum(bool(x) for x in (args.image, args.manifest, args.synthrad))
@@ -120,11 +124,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_alignment(args: argparse.Namespace) -> int:
+    """``mpma visualize alignment``: word -> patch maps of one image and text, or (--eval) the pointing game."""
+    from mpma.eval.pointing import evaluate_pointing
     from mpma.viz import alignment as A
 
     loaded = _load(args.model)
     if args.eval:
-        result = A.evaluate_pointing(loaded, n=args.n, examples=6)
+        result = evaluate_pointing(loaded, n=args.n, examples=6)
         print(A.format_pointing(result))
         examples = result.pop("examples")
         if examples:
@@ -151,9 +157,10 @@ def cmd_alignment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mpma.viz.report import write_report
+    """``mpma report``: the model-dependent parts are computed by the pipeline, the page drawn by mpma.viz.report."""
+    from mpma.pipelines.report_examples import write_run_report
 
-    html, markdown = write_report(args.run, args.out, args.examples)
+    html, markdown = write_run_report(args.run, args.out, args.examples)
     print(html)
     print(markdown)
     return 0

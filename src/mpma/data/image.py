@@ -1,7 +1,8 @@
 """Image reading and preprocessing.
 
 :func:`load_image` decodes JPEG, PNG (8- and 16-bit), other PIL formats and DICOM into a uint8
-array; :func:`to_tensor` and :class:`ImageTransform` turn such an array into a normalised
+array, :func:`image_to_array` does the same for any image input (path, PIL image, array, tensor);
+:func:`to_tensor` and :class:`ImageTransform` turn such an array into a normalised
 ``(3, size, size)`` float tensor. Reading uses numpy, PIL and (lazily imported) pydicom only;
 torch is imported inside the tensor functions.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ class ImageError(ValueError):
     """An image file is missing, empty or cannot be decoded (message names the file)."""
 
 
-def _minmax_to_uint8(array: np.ndarray) -> np.ndarray:
+def minmax_to_uint8(array: np.ndarray) -> np.ndarray:
     """Linearly map the actual value range of ``array`` to 0..255 (a constant image → 0)."""
     values = array.astype(np.float64)
     lo, hi = float(np.min(values)), float(np.max(values))
@@ -84,7 +86,7 @@ def _load_dicom(path: Path, has_magic: bool) -> np.ndarray:
     if pixels.size == 0:
         raise ImageError(f"{path}: DICOM image has zero size {pixels.shape}")
     if samples == 3:
-        return pixels if pixels.dtype == np.uint8 else _minmax_to_uint8(pixels)
+        return pixels if pixels.dtype == np.uint8 else minmax_to_uint8(pixels)
     values = pixels.astype(np.float64)
     slope = _first_value(ds.RescaleSlope) if "RescaleSlope" in ds else 1.0
     intercept = _first_value(ds.RescaleIntercept) if "RescaleIntercept" in ds else 0.0
@@ -94,7 +96,7 @@ def _load_dicom(path: Path, has_magic: bool) -> np.ndarray:
     if center is not None and width is not None and _first_value(width) > 0:
         out = _window_to_uint8(values, _first_value(center), _first_value(width))
     else:
-        out = _minmax_to_uint8(values)
+        out = minmax_to_uint8(values)
     if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         out = 255 - out
     return out
@@ -114,7 +116,7 @@ def _load_pil(path: Path) -> np.ndarray:
     if mode == "L":
         return np.asarray(image, dtype=np.uint8).copy()
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
-        return _minmax_to_uint8(np.asarray(image))
+        return minmax_to_uint8(np.asarray(image))
     if mode in ("1", "LA"):
         return np.asarray(image.convert("L"), dtype=np.uint8).copy()
     if mode == "RGB":
@@ -170,6 +172,45 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ImageError(f"{path}: unsupported image shape {array.shape}")
     return np.ascontiguousarray(array)
+
+
+def image_to_array(image: Any) -> np.ndarray:
+    """Any supported image input -> ``(H, W)`` or ``(H, W, 3|4)`` uint8 array.
+
+    Accepted: a path (read with :func:`load_image`), a PIL image, a numpy array or a torch tensor
+    shaped ``(H, W)``, ``(H, W, 1|3|4)`` or ``(1|3, H, W)``. uint8 is kept, bool becomes 0/255,
+    floats in [0, 1] are scaled by 255, any other range is mapped min-max to 0..255
+    (:func:`minmax_to_uint8`).
+
+    Raises:
+        ImageError: a path that is missing or cannot be decoded (the message names it).
+        TypeError / ValueError: an unsupported object or array shape.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            return minmax_to_uint8(np.asarray(image))
+        return np.asarray(image.convert("L" if image.mode in ("L", "1", "LA") else "RGB"), dtype=np.uint8).copy()
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported; never import it here
+    if torch is not None and isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"unsupported image type {type(image).__name__}: pass a path, a PIL image or a numpy array")
+    array = image
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"unsupported image array shape {image.shape}: expected (H, W), (H, W, 3|4) or (3, H, W)")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating) and np.nanmin(array) >= 0.0 and np.nanmax(array) <= 1.0:
+        return np.round(np.nan_to_num(array) * 255.0).astype(np.uint8)
+    return minmax_to_uint8(array)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from mpma.models.factory import load_state_strict, read_state
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -27,36 +30,33 @@ def save_weights(module: nn.Module, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load safetensors weights; with ``strict`` a mismatch is an error listing the keys."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weights not found: {path}")
-    state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise RuntimeError(
-            f"{path} does not match the model: missing keys {sorted(missing)[:20]}, unexpected keys {sorted(unexpected)[:20]}"
-        )
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights strictly (a mismatch is an error naming every key)."""
+    load_state_strict(module, read_state(path), path)
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
-def save_checkpoint(run_dir: str | Path, step: int, module: nn.Module, state: dict, keep: int = 2) -> Path:
-    """Write ``checkpoints/step_<N>/{model.safetensors,state.pt}`` atomically; prune to ``keep`` newest.
+def save_checkpoint(run_dir: str | Path, step: int, module: nn.Module, state: dict, keep: int = 2,
+                    write_model: Callable[[Path], None] | None = None) -> Path:
+    """Write ``checkpoints/step_<N>/`` atomically: the weights and ``state.pt``; prune to ``keep`` newest.
 
-    The folder is assembled under a temporary name and renamed, so a killed run never leaves a
-    half-written checkpoint that ``--resume`` could pick up.
+    ``write_model(folder)``, when given, writes the weights as a whole model folder (config, weights,
+    tokenizer: :func:`mpma.hub.save_pretrained`); otherwise only ``model.safetensors`` of ``module``
+    is written. The folder is assembled under a temporary name and renamed, so a killed run never
+    leaves a half-written checkpoint that ``--resume`` could pick up.
     """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(module, tmp / WEIGHTS)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if write_model is not None:
+        write_model(tmp)
+    else:
+        tmp.mkdir()
+        save_weights(module, tmp / WEIGHTS)
     torch.save(state, tmp / STATE)
     if final.exists():
         shutil.rmtree(final)
@@ -83,5 +83,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_state(path: str | Path) -> dict:
-    """Training state (optimizer, step, RNG); ``weights_only=True`` so no pickled code runs."""
+    """Training state as ``Trainer.state_dict`` wrote it: step, optimizer and GradScaler state.
+
+    No RNG state is saved: the trainer reseeds torch from (run seed, step, rank, micro-batch) at
+    every micro-step, so a resumed run replays the same random draws. ``weights_only=True`` so no
+    pickled code runs.
+    """
     return torch.load(Path(path), map_location="cpu", weights_only=True)

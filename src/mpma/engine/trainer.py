@@ -10,6 +10,7 @@ atomic checkpoints and a JSONL log.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -74,7 +75,11 @@ class Trainer:
         run: run settings (seed, precision, logging, checkpoints).
         run_dir: output folder (rank 0 writes ``log.jsonl`` and ``checkpoints/``).
         env: distributed environment; with world size > 1 the task is wrapped in DDP.
+            With ``run.compile`` the (wrapped) task is then passed through ``torch.compile``.
         on_checkpoint: called on rank 0 after each checkpoint with the step (e.g. to draw curves).
+        weights_module: the module whose weights a checkpoint holds (e.g. the backbone inside a
+            pre-training task); defaults to ``task``. It must hold every trained parameter.
+        write_model: writes a checkpoint's weights as a model folder (see :func:`ckpt.save_checkpoint`).
         find_unused_parameters: let DDP tolerate parameters that get no gradient (e.g. the fusion
             poolers when no loss reads the pooled output); slower, so only when needed.
     """
@@ -90,8 +95,12 @@ class Trainer:
         env: DistEnv,
         on_checkpoint: Callable[[int], None] | None = None,
         find_unused_parameters: bool = False,
+        weights_module: nn.Module | None = None,
+        write_model: Callable[[Path], None] | None = None,
     ) -> None:
         self.task = task
+        self.weights_module = task if weights_module is None else weights_module
+        self.write_model = write_model
         self.loss_weights = loss_weights
         self.optim_cfg = optim
         self.run_cfg = run
@@ -108,6 +117,14 @@ class Trainer:
 
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(task, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        if run.compile:
+            # Compile the outermost module (the DDP wrapper when distributed: its graph breaks at the
+            # gradient buckets). Compilation is lazy, on the first steps. Checkpoints save the bare
+            # module, so the weight names carry no "_orig_mod." / "module." prefix.
+            self.wrapped = torch.compile(self.wrapped)
+            if env.is_main:
+                logging.getLogger("mpma").warning("run.compile=true: torch.compile adds start-up time while the "
+                                                  "first steps compile (a minute or more on CPU)")
         self.step = 0
         precision = run.precision
         if precision not in ("fp32", "bf16", "fp16"):
@@ -128,7 +145,7 @@ class Trainer:
 
     def resume(self, checkpoint: Path) -> None:
         """Load weights and optimizer state from a checkpoint folder; the next step is state['step']."""
-        ckpt.load_weights(self.task, checkpoint / ckpt.WEIGHTS)
+        ckpt.load_weights(self.weights_module, checkpoint / ckpt.WEIGHTS)
         state = ckpt.load_state(checkpoint / ckpt.STATE)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
@@ -140,7 +157,8 @@ class Trainer:
     def save(self) -> Path | None:
         path = None
         if self.env.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.task, self.state_dict(), self.run_cfg.keep_checkpoints)
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights_module, self.state_dict(),
+                                        self.run_cfg.keep_checkpoints, self.write_model)
             if self.on_checkpoint:
                 self.on_checkpoint(self.step)
         if self.env.distributed:

@@ -1,4 +1,4 @@
-"""Evaluation of every downstream task with its standard metric."""
+"""Evaluation of the downstream tasks with their standard metrics (each task picks its function: mpma.tasks)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mpma.data.records import normalize_answer
-from mpma.data.task_batches import ExampleList, TaskCollator
+from mpma.data.collate import ExampleList, TaskCollator
+from mpma.data.text import tokenize
 from mpma.eval import metrics as M
-
-SELECTION_METRIC = {"vqa": "overall", "mm_cls": "accuracy", "txt_cls": "accuracy", "img_cls": "macro_auc",
-                    "retrieval": "mean_R@1", "zero_shot_cls": "macro_auc"}
 
 
 def _batches(examples: list[dict], collate: TaskCollator, batch_size: int, device: torch.device):
@@ -140,8 +138,6 @@ def _itm_rerank(model, sim, image_tokens, text_states, text_masks, k: int, image
 def evaluate_zero_shot(model, examples, collate, tokenizer, labels: list[str], prompt: str, max_length: int,
                        batch_size: int, device) -> dict:
     """Classify images by cosine similarity to the embedded prompt of each label (no training)."""
-    from mpma.data.text import tokenize
-
     if not model.has_global_alignment:
         raise ValueError("zero-shot classification needs the GLA alignment head (objectives.global_align > 0)")
     was_training = model.training

@@ -90,20 +90,59 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch ``x`` (B, ...) for whole samples, scale the kept ones.
+
+    Each sample's branch is kept with probability ``1 - rate`` (a Bernoulli draw from torch's RNG,
+    so ``torch.manual_seed`` makes it reproducible) and divided by ``1 - rate`` so its expectation
+    is unchanged. With ``rate == 0`` or outside training, ``x`` itself is returned and no random
+    number is drawn.
+    """
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """:func:`drop_path` as a module (active in ``train()`` mode only)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.rate, self.training)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + SelfAttn(LN(x)); x + MLP(LN(x)). Shapes (B, N, D)."""
+    """Pre-norm transformer block: x + SelfAttn(LN(x)); x + MLP(LN(x)). Shapes (B, N, D).
+
+    With ``drop_path`` > 0, each residual branch is dropped per sample in training (stochastic
+    depth, see :func:`drop_path`); with 0 (the default) the block has no DropPath module at all.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu",
-                 eps: float = 1e-6) -> None:
+                 eps: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, mlp_ratio, activation)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_padding_mask=key_padding_mask)[0]
-        return x + self.mlp(self.norm2(x))
+        if self.drop_path is None:
+            x = x + self.attn(self.norm1(x), key_padding_mask=key_padding_mask)[0]
+            return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), key_padding_mask=key_padding_mask)[0])
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def init_weights(module: nn.Module) -> None:

@@ -49,47 +49,65 @@ class MPMAOutput:
     mim_pred: torch.Tensor | None = None
 
 
+PRETRAIN_HEADS = ("align", "mlm_head", "mim_decoder", "itm_head")
+
+
+def heads_for_objectives(config: Config) -> set[str]:
+    """The pre-training heads the config's objectives use (a head whose loss weight is 0 is not built)."""
+    o = config.objectives
+    wanted = {"align": o.global_align > 0 or o.local_align > 0, "mlm_head": o.mlm > 0, "mim_decoder": o.mim > 0,
+              "itm_head": o.itm > 0}
+    return {name for name, used in wanted.items() if used}
+
+
 class MPMAModel(nn.Module):
-    """MPMA backbone and pre-training heads.
+    """MPMA backbone and pre-training heads. Weights are random; :func:`mpma.models.factory.create_model`
+    builds a model and loads weights (``*.init`` paths, checkpoints, model folders).
 
     Args:
         config: the full configuration (vision, text, fusion, decoder, objectives are read).
         vocab_size: tokenizer vocabulary size.
         pad_token_id: tokenizer padding id.
+        heads: which of :data:`PRETRAIN_HEADS` to build; None: those the objectives use.
+        align_parts: (global, local) GLA projections of the ``align`` head; None: those the objectives use.
+        text_encoder: a ``transformers`` config of the text encoder (a saved model's or a checkpoint's exact
+            architecture); None builds it from ``config.text``.
     """
 
-    def __init__(self, config: Config, vocab_size: int, pad_token_id: int) -> None:
+    def __init__(self, config: Config, vocab_size: int, pad_token_id: int, heads: set[str] | None = None,
+                 align_parts: tuple[bool, bool] | None = None, text_encoder=None) -> None:
         super().__init__()
         self.config = config
         objectives = config.objectives
+        heads = heads_for_objectives(config) if heads is None else set(heads)
+        unknown = heads - set(PRETRAIN_HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)} (heads: {', '.join(PRETRAIN_HEADS)})")
         self.vision = VisionTransformer(config.vision)
-        self.init_reports: dict = {}  # what vision.init loading mapped, resized and ignored
-        if config.vision.init:
-            import logging
-
-            from mpma.models.convert import load_vision_weights
-
-            self.init_reports["vision"] = load_vision_weights(self.vision, config.vision.init)
-            logging.getLogger("mpma").info(self.init_reports["vision"].summary())
-        self.text = TextEncoder(config.text, vocab_size, pad_token_id)
-        encoder_vocab = self.text.word_embeddings().num_embeddings
-        if config.text.init and vocab_size > encoder_vocab:
-            raise ValueError(f"the tokenizer has {vocab_size} tokens but text.init={config.text.init} embeds only "
-                             f"{encoder_vocab}: set text.tokenizer to the tokenizer of that checkpoint")
+        self.text = TextEncoder(config.text, vocab_size, pad_token_id, text_encoder)
         self.fusion = CoAttentionFusion(config.fusion, self.text.width, self.vision.width)
         self.align = None
-        if objectives.global_align > 0 or objectives.local_align > 0:
-            self.align = AlignmentHeads(
-                self.vision.width, self.text.width, objectives.align_dim, objectives.temperature,
-                local=objectives.local_align > 0, global_=objectives.global_align > 0,
-            )
-        self.mlm_head = MLMHead(config.fusion.width, vocab_size) if objectives.mlm > 0 else None
+        if "align" in heads:
+            global_, local = align_parts or (objectives.global_align > 0, objectives.local_align > 0)
+            self.align = AlignmentHeads(self.vision.width, self.text.width, objectives.align_dim, objectives.temperature,
+                                        local=local, global_=global_)
+        self.mlm_head = MLMHead(config.fusion.width, vocab_size) if "mlm_head" in heads else None
         patch_pixels = config.vision.patch_size**2 * config.vision.channels
-        self.mim_decoder = (
-            MIMDecoder(config.decoder, config.fusion.width, self.vision.grid**2, patch_pixels)
-            if objectives.mim > 0 else None
-        )
-        self.itm_head = ClassifierHead(2 * config.fusion.width, 2) if objectives.itm > 0 else None
+        self.mim_decoder = (MIMDecoder(config.decoder, config.fusion.width, self.vision.grid**2, patch_pixels)
+                            if "mim_decoder" in heads else None)
+        self.itm_head = ClassifierHead(2 * config.fusion.width, 2) if "itm_head" in heads else None
+
+    @property
+    def heads(self) -> set[str]:
+        """The pre-training heads this model has."""
+        return {name for name in PRETRAIN_HEADS if getattr(self, name) is not None}
+
+    @property
+    def align_parts(self) -> tuple[bool, bool]:
+        """(global, local): which GLA projections the ``align`` head has."""
+        if self.align is None:
+            return (False, False)
+        return (self.align.global_image is not None, self.align.local_image is not None)
 
     @property
     def has_global_alignment(self) -> bool:

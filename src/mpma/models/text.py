@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel
 
 from mpma.config import TextConfig
 
 
 def build_hf_text_config(config: TextConfig, vocab_size: int, pad_token_id: int):
     """A ``transformers`` config of ``config.model_type`` with the preset's shape."""
-    from transformers import AutoConfig
-
     extra = {}
     if config.model_type == "roberta":
         # RoBERTa offsets its position ids by padding_idx + 1.
@@ -34,27 +33,20 @@ def build_hf_text_config(config: TextConfig, vocab_size: int, pad_token_id: int)
 
 
 class TextEncoder(nn.Module):
-    """Wraps a ``transformers`` encoder (``AutoModel``, no pooler): token ids -> token features.
+    """Wraps a ``transformers`` encoder (``AutoModel``, no pooler, random weights): token ids -> token features.
 
     Args:
         config: text configuration (``model_type`` is a transformers model type such as "bert").
         vocab_size: tokenizer vocabulary size.
         pad_token_id: tokenizer padding id.
+        hf_config: the exact ``transformers`` config to build (a checkpoint's); None: built from ``config``.
     """
 
-    def __init__(self, config: TextConfig, vocab_size: int, pad_token_id: int) -> None:
+    def __init__(self, config: TextConfig, vocab_size: int, pad_token_id: int, hf_config=None) -> None:
         super().__init__()
-        from transformers import AutoModel
-
         self.config = config
-        if config.init:
-            self.encoder = AutoModel.from_pretrained(
-                config.init, add_pooling_layer=False, local_files_only=True,
-                hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-            )
-        else:
-            hf_config = build_hf_text_config(config, vocab_size, pad_token_id)
-            self.encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        self.encoder = AutoModel.from_config(hf_config or build_hf_text_config(config, vocab_size, pad_token_id),
+                                             add_pooling_layer=False)
         self.width = self.encoder.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,14 @@ def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, width), table])[None]
 
 
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rate of each block: linear from 0 (first block) to ``rate`` (last block).
+
+    The schedule of DeiT / MAE fine-tuning; a single block gets 0.
+    """
+    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
 @dataclass
 class VisionOutput:
     """Result of :meth:`VisionTransformer.forward`.
@@ -126,6 +134,9 @@ class VisionOutput:
 class VisionTransformer(nn.Module):
     """ViT encoder: patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm.
 
+    ``vision.drop_path`` > 0 adds stochastic depth in training (block i: rate ``drop_path * i /
+    (depth - 1)``, per sample, from torch's RNG); at 0 (the default) no random number is drawn.
+
     With ``pre_norm``, ``activation="quick_gelu"`` and ``norm_eps=1e-5`` it computes exactly a CLIP
     ViT (weights mapped by :mod:`mpma.models.convert`); ``tokens`` then equal CLIP's last hidden
     state passed through its post-LayerNorm (for every token, not only CLS).
@@ -143,8 +154,10 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, config.width))
         # CLIP normalises the embeddings before the first block; None keeps the state dict unchanged.
         self.norm_pre = nn.LayerNorm(config.width, eps=config.norm_eps) if config.pre_norm else None
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, config.activation, config.norm_eps)
-                                    for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio, config.activation, config.norm_eps, rate)
+            for rate in drop_path_rates(config.drop_path, config.depth)
+        )
         self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_position_embedding(self.grid, config.width))

@@ -6,7 +6,7 @@ Run folder layout::
     tokenizer/         the tokenizer the run used (a Hugging Face folder)
     log.jsonl          one line per logged step: every loss term, metrics, lr, samples/s
     curves.png         the log drawn at each checkpoint (``mpma visualize curves``)
-    checkpoints/       step_<N>/model.safetensors + state.pt (atomic)
+    checkpoints/       step_<N>/: a model folder (mpma.hub) + the trainer's state.pt (atomic)
     summary.json       loss first/last means and the zero-shot retrieval check
 """
 
@@ -22,6 +22,10 @@ from mpma.config import Config, config_from_dict
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.trainer import Trainer, parameter_groups
+from mpma.hub import is_model_folder, save_pretrained
+from mpma.hub.folder import pretrain_provenance
+from mpma.models.factory import create_model
+from mpma.tasks.pretrain import PretrainTask
 
 
 SYNTHRAD_CACHE_BYTES = 256 * 2**20  # image bytes of rendered synthrad training cases kept in memory
@@ -146,12 +150,17 @@ def build_tokenizer(config: Config, data: PretrainData):
     return cached_tokenizer(name, lambda: data.train.texts()[:RUN_TOKENIZER_TEXTS] + extra, config.text.vocab_size)
 
 
-def build_task(config: Config, tokenizer):
-    from mpma.models.mpma import MPMAModel
-    from mpma.tasks.pretrain import PretrainTask
-
-    model = MPMAModel(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+def build_task(config: Config, tokenizer) -> PretrainTask:
+    """The pre-training task around a new backbone (``vision.init`` / ``text.init`` loaded when set)."""
+    model = create_model(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     return PretrainTask(model, config, tokenizer.mask_token_id, len(tokenizer))
+
+
+def refuse_legacy_checkpoint(run_dir: Path, checkpoint: Path) -> None:
+    """A 0.1.0 checkpoint (weights only, ``model.``-prefixed) cannot be resumed until it is upgraded."""
+    if not is_model_folder(checkpoint):
+        raise ValueError(f"{checkpoint} was written by mpma 0.1.0 (not a model folder): run "
+                         f"`mpma convert --upgrade {run_dir}` once, then --resume")
 
 
 def summarize_losses(log_path: Path, total_steps: int, terms: list[str]) -> dict[str, dict[str, float]]:
@@ -207,11 +216,15 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
                                   {f"model.{n}" for n in model.no_weight_decay()})
         # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
         # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
+        provenance = {"pretrain": pretrain_provenance(config, None)}
         trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
                           on_checkpoint=lambda step: write_run_curves(run_dir),
-                          find_unused_parameters=model.itm_head is None)
+                          find_unused_parameters=model.itm_head is None, weights_module=model,
+                          write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
+                                                                     config=config))
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
+            refuse_legacy_checkpoint(run_dir, latest)
             trainer.resume(latest)
         elif env.is_main:
             (run_dir / "log.jsonl").unlink(missing_ok=True)  # starting at step 0: drop a killed run's log

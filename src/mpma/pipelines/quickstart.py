@@ -13,6 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 from mpma.config import load_config
+from mpma.data.records import normalize_answer
+from mpma.pipelines.finetuning import finetune_config, run_finetune
+from mpma.pipelines.pretraining import run_pretraining
+from mpma.tasks.base import get_task
+from mpma.tasks.data import build_task_data
 
 # Downstream budgets of the quickstart (overridable through ``mpma finetune`` for real studies).
 # VQA: 600 cases (~7,200 questions) x 3 epochs is about the least at which the pre-trained model's lead
@@ -24,8 +29,6 @@ QUICK_RETRIEVAL = ["epochs=3", "data.train_size=1000", "data.val_size=200", "dat
 
 def majority_baseline(examples_train: list[dict], examples_test: list[dict]) -> dict[str, float]:
     """Accuracy of answering every question with the most frequent train answer of its answer type."""
-    from mpma.data.records import normalize_answer
-
     majority = {}
     for answer_type in ("OPEN", "CLOSED"):
         answers = Counter(normalize_answer(e["answer"]) for e in examples_train if e["answer_type"] == answer_type)
@@ -40,10 +43,6 @@ def majority_baseline(examples_train: list[dict], examples_test: list[dict]) -> 
 
 def run_quickstart(out_dir: str | Path, pretrain_overrides: list[str] = (), progress: bool = True) -> str:
     """Run the pipeline into ``out_dir`` and return the printed table (also saved as ``results.md``)."""
-    from mpma.data.tasks import build_task_data
-    from mpma.pipelines.finetuning import finetune_config, run_finetune
-    from mpma.pipelines.pretraining import run_pretraining
-
     out = Path(out_dir)
     pretrain_dir = out / "pretrain"
     if (pretrain_dir / "summary.json").exists():
@@ -53,19 +52,19 @@ def run_quickstart(out_dir: str | Path, pretrain_overrides: list[str] = (), prog
         resume = (pretrain_dir / "config.json").exists()
         run_pretraining(None if resume else load_config("tiny", list(pretrain_overrides)), pretrain_dir, resume, progress)
     results = {}
-    for task, budget in (("vqa", QUICK_VQA), ("retrieval", QUICK_RETRIEVAL)):
+    for stage, (task, budget) in enumerate((("vqa", QUICK_VQA), ("retrieval", QUICK_RETRIEVAL)), start=2):
         for init in ("pretrained", "scratch"):
             run_dir = out / f"{task}-{init}"
             if (run_dir / "metrics.json").exists():
                 results[(task, init)] = json.loads((run_dir / "metrics.json").read_text())
                 continue
-            print(f"[{2 if task == 'vqa' else 3}/3] fine-tuning {task} from {init} -> {run_dir}")
+            print(f"[{stage}/3] fine-tuning {task} from {init} -> {run_dir}")
             if init == "pretrained":
                 config = finetune_config(task, str(pretrain_dir), None, None, budget)
             else:  # the pre-trained run's exact architecture and tokenizer, randomly initialised
                 config = finetune_config(task, "scratch", None, None, [*budget, f"preset={pretrain_dir / 'config.json'}"])
             results[(task, init)] = run_finetune(config, run_dir, progress)
-    vqa_data = build_task_data("vqa", finetune_config("vqa", "scratch", None, None, QUICK_VQA).data, 64)
+    vqa_data = build_task_data(get_task("vqa"), finetune_config("vqa", "scratch", None, None, QUICK_VQA).data, 64)
     chance_vqa = majority_baseline(vqa_data.splits["train"], vqa_data.splits["test"])
     table = format_table(results, chance_vqa)
     (out / "results.md").write_text(table + "\n")

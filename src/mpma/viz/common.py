@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpma.data.image import image_to_array, to_tensor
+from mpma.data.pairs import grayscale_to_tensor
+from mpma.data.synthrad import TEST_OFFSET, SynthRad
+from mpma.data.text import tokenize
+
 FIGURE_DPI = 100
 
 
@@ -33,17 +38,12 @@ def save_figure(fig, out: str | Path) -> Path:
 
 def preprocess_images(images: Sequence, preprocess: dict) -> torch.Tensor:
     """Paths / arrays / PIL images -> (B, 3, S, S) normalised like the model's training images."""
-    from mpma.data.image import to_tensor
-    from mpma.inference import image_to_array
-
     size, mean, std = int(preprocess["image_size"]), tuple(preprocess["mean"]), tuple(preprocess["std"])
     return torch.stack([to_tensor(image_to_array(image), size, mean, std) for image in images])
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Texts -> input_ids, attention_mask, special_tokens_mask, word_ids (B, T) (see mpma.data.text.tokenize)."""
-    from mpma.data.text import tokenize
-
     return tokenize(tokenizer, list(texts), max_length)
 
 
@@ -62,20 +62,17 @@ def synthrad_cases(config, n: int, offset: int | None = None, image_size: int | 
 
     ``offset`` defaults to the test offset (never seen in pre-training or fine-tuning).
     """
-    from mpma.data.synthrad import TEST_OFFSET, SynthRad
-
     return SynthRad(n, seed=config.data.seed, image_size=image_size or config.vision.image_size,
                     normal_fraction=config.data.normal_fraction, offset=TEST_OFFSET if offset is None else offset)
 
 
 def case_tensor(case, preprocess: dict) -> torch.Tensor:
     """A synthrad case's image -> (3, S, S) normalised tensor."""
-    from mpma.data.pairs import grayscale_to_tensor
-
     return grayscale_to_tensor(case.image, int(preprocess["image_size"]), preprocess["mean"], preprocess["std"])
 
 
 def wrap(text: str, width: int = 34, max_lines: int = 6) -> str:
+    """``text`` wrapped to ``width`` characters, at most ``max_lines`` lines (the last one cut with "…")."""
     import textwrap
 
     lines = textwrap.wrap(text, width) or [""]

@@ -46,11 +46,13 @@ class RunLog:
 
     @property
     def last_step(self) -> int | None:
+        """The largest logged step of any series (None: nothing logged)."""
         steps = [s[-1] for s, _ in self.series.values() if len(s)]
         return int(max(steps)) if steps else None
 
 
 def _number(value) -> float | None:
+    """A log value as a float (None -> NaN); None for what is not a number (bool, str, dict, ...)."""
     if isinstance(value, bool) or value is None:
         return float("nan") if value is None else None
     if isinstance(value, (int, float)):
@@ -124,6 +126,7 @@ def _is_count(name: str) -> bool:
 
 
 def panel_names(runs: list[RunLog]) -> list[str]:
+    """The panels, in order: total loss, loss terms, other metrics, ``val.*``, then lr / gradient norm / throughput."""
     names = {name for run in runs for name in run.series if not _is_count(name)}
     first = [n for n in _FIRST if n in names]
     last = [n for n in _LAST if n in names]
@@ -137,6 +140,48 @@ def figure_size(n_panels: int) -> tuple[float, float]:
     rows = max(1, math.ceil(n_panels / COLUMNS))
     cols = min(COLUMNS, max(1, n_panels))
     return cols * PANEL_INCHES[0], rows * PANEL_INCHES[1] + 0.6
+
+
+def _draw_panel(ax, name: str, runs: list[RunLog], colors: list[str], smoothing: float) -> None:
+    """Series ``name`` of every run on one axis: raw (faint) and smoothed lines, non-finite values marked."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    bad = 0
+    for run, color in zip(runs, colors):
+        if name not in run.series:
+            continue
+        steps, values = run.series[name]
+        finite = np.isfinite(values)
+        bad += int((~finite).sum())
+        marker = "o" if finite.sum() <= 20 else None
+        shown = np.where(finite, values, np.nan)
+        if smoothing > 0 and finite.sum() > 1 and name not in _RAW_ONLY:
+            ax.plot(steps, shown, color=color, alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
+            ax.plot(steps, smooth(values, smoothing), color=color, linewidth=1.6)
+        else:
+            ax.plot(steps, shown, color=color, linewidth=1.4, marker=marker, markersize=3.5)
+        if not finite.all():  # mark where the values were NaN/inf along the bottom edge
+            ax.plot(steps[~finite], np.zeros(int((~finite).sum())), linestyle="none", marker="x", color="red",
+                    markersize=5, transform=ax.get_xaxis_transform(), clip_on=False)
+    label = _TITLES.get(name, name)
+    # an explicit y skips matplotlib's per-draw title placement (a tight-bbox pass per axes)
+    ax.set_title(label + (f"  [{bad} non-finite]" if bad else ""), fontsize=9, color="red" if bad else "black",
+                 y=1.0, pad=4)
+    ax.set_xlabel("step", fontsize=8, labelpad=1)
+    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    if name == "lr":
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+
+
+def _default_title(runs: list[RunLog]) -> str:
+    """The run labels with their last step (and the count of unreadable log lines, if any)."""
+    title = "  |  ".join(f"{run.label}: step {run.last_step if run.last_step is not None else '-'}" for run in runs)
+    if any(run.skipped for run in runs):
+        title += f"  ({sum(run.skipped for run in runs)} unreadable log line(s) skipped)"
+    return title
 
 
 def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, title: str | None = None,
@@ -155,18 +200,13 @@ def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, tit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
 
     names = panel_names(runs)
     width, height = figure_size(len(names))
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    if title is None:
-        title = "  |  ".join(f"{run.label}: step {run.last_step if run.last_step is not None else '-'}" for run in runs)
-        if any(run.skipped for run in runs):
-            title += f"  ({sum(run.skipped for run in runs)} unreadable log line(s) skipped)"
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_default_title(runs) if title is None else title, fontsize=10)
     if not names:
         ax = fig.add_subplot(1, 1, 1)
         ax.set_axis_off()
@@ -174,37 +214,7 @@ def plot_curves(runs: list[RunLog], out: str | Path, smoothing: float = 0.6, tit
     rows = max(1, math.ceil(len(names) / COLUMNS))
     cols = min(COLUMNS, max(1, len(names)))
     for index, name in enumerate(names):
-        ax = fig.add_subplot(rows, cols, index + 1)
-        bad = 0
-        for run, color in zip(runs, colors):
-            if name not in run.series:
-                continue
-            steps, values = run.series[name]
-            finite = np.isfinite(values)
-            bad += int((~finite).sum())
-            marker = "o" if finite.sum() <= 20 else None
-            shown = np.where(finite, values, np.nan)
-            if smoothing > 0 and finite.sum() > 1 and name not in _RAW_ONLY:
-                ax.plot(steps, shown, color=color, alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
-                ax.plot(steps, smooth(values, smoothing), color=color, linewidth=1.6)
-            else:
-                ax.plot(steps, shown, color=color, linewidth=1.4, marker=marker, markersize=3.5)
-            if not finite.all():  # mark where the values were NaN/inf along the bottom edge
-                ax.plot(steps[~finite], np.zeros(int((~finite).sum())), linestyle="none", marker="x", color="red",
-                        markersize=5, transform=ax.get_xaxis_transform(), clip_on=False)
-        label = _TITLES.get(name, name)
-        # an explicit y skips matplotlib's per-draw title placement (a tight-bbox pass per axes)
-        ax.set_title(label + (f"  [{bad} non-finite]" if bad else ""), fontsize=9, color="red" if bad else "black",
-                     y=1.0, pad=4)
-        ax.set_xlabel("step", fontsize=8, labelpad=1)
-        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(5))
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        if name == "lr":
-            from matplotlib.ticker import FormatStrFormatter
-
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        _draw_panel(fig.add_subplot(rows, cols, index + 1), name, runs, colors, smoothing)
     handles = [Line2D([], [], color=c, linewidth=1.6, label=run.label) for run, c in zip(runs, colors)]
     if smoothing > 0:
         handles += [Line2D([], [], color="gray", linewidth=1.6, label=f"smoothed (EMA {smoothing:g})"),

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpma.viz.common import new_figure, save_figure, to_pixels, wrap
+from mpma.models.vision import patchify, unpatchify
+from mpma.objectives.reconstruction import mim_target
+from mpma.viz.common import new_figure, preprocess_images, save_figure, to_pixels, tokenize_texts, wrap
 
 PANEL_INCHES = 2.2
 COLUMNS = ("original", "masked input", "reconstruction", "reconstruction + visible")
@@ -52,8 +54,6 @@ def reconstruct(model, images: torch.Tensor, input_ids: torch.Tensor, attention_
         mask_ratio: share of patches hidden (default: the model's ``vision.mask_ratio``).
         generator: CPU RNG for the mask (``torch.Generator().manual_seed(N)`` for a fixed mask).
     """
-    from mpma.models.vision import patchify, unpatchify
-
     if model.mim_decoder is None:
         raise ValueError("this model has no MIM decoder (fine-tuned models and objectives.mim=0 runs drop it); "
                          "pass a pre-training run folder or a model exported from one")
@@ -74,8 +74,6 @@ def reconstruct(model, images: torch.Tensor, input_ids: torch.Tensor, attention_
     p, channels = model.config.vision.patch_size, images.shape[1]
     target = patchify(images.float(), p)
     mask = vision.mask.float()  # (B, N)
-    from mpma.objectives.reconstruction import mim_target
-
     normalize = model.config.objectives.norm_pix_loss
     goal = mim_target(images.float(), p, normalize)
     loss = (((pred - goal) ** 2).mean(-1) * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -128,13 +126,11 @@ def reconstruct_files(loaded, images: Sequence, texts: Sequence[str], out: str |
     """Load, reconstruct and draw (the ``mpma visualize reconstruct`` path).
 
     Args:
-        loaded: a :class:`mpma.pretrained.PretrainedModel` (its backbone needs the MIM decoder).
+        loaded: a :class:`mpma.hub.PretrainedModel` (its backbone needs the MIM decoder).
         images: paths, arrays or PIL images; or an already normalised (B, 3, S, S) tensor.
         texts: one text per image ("" for none).
         mask_seed: seed of the random patch mask (same seed, same mask).
     """
-    from mpma.viz.common import preprocess_images, tokenize_texts
-
     if len(texts) != len(images):
         raise ValueError(f"{len(images)} images but {len(texts)} texts")
     pre = loaded.preprocess

@@ -8,6 +8,10 @@ split, record count and whether it is the published test set), so a result on a 
 is visibly marked. The figures are PNG files next to the page; the HTML embeds them as data URIs
 (so it can be mailed alone) and links each file, the markdown references the files. Works on a run
 still in progress (what exists is shown).
+
+This module only reads the run folder and draws. What needs the model (the example figures, the
+pointing game, the VQA test predictions) is computed by :mod:`mpma.pipelines.report_examples` and
+passed in as :class:`PretrainExamples` / :class:`VqaPredictions`; without them those sections are left out.
 """
 
 from __future__ import annotations
@@ -17,17 +21,25 @@ import html
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from mpma.data.published import describe_identity
+from mpma.data.records import normalize_answer
 from mpma.eval.metrics import scalar_items
+from mpma.viz.alignment import MAP_LABELS
+from mpma.viz.common import new_figure, save_figure
+from mpma.viz.curves import plot_curves, read_log
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", headers, rows) | ("img", file, caption) | ("pre", text)
 
 
 @dataclass
 class Report:
+    """The page as a list of blocks (headings, paragraphs, tables, images, preformatted text), rendered twice."""
+
     title: str
     blocks: list[Block] = field(default_factory=list)
 
@@ -50,6 +62,7 @@ class Report:
 
 
 def _cell(value) -> str:
+    """A table cell: floats with 4 significant digits, everything else as ``str``."""
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
@@ -58,6 +71,7 @@ def _cell(value) -> str:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The JSON file's content; None when it is missing or not (yet) valid JSON."""
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -99,6 +113,7 @@ def render_html(report: Report, folder: Path) -> str:
 
 
 def render_markdown(report: Report) -> str:
+    """The markdown twin of :func:`render_html`; images referenced by file name (next to the page)."""
     lines = [f"# {report.title}", ""]
     for block in report.blocks:
         kind = block[0]
@@ -122,8 +137,7 @@ def render_markdown(report: Report) -> str:
 
 
 def _curves(report: Report, run: Path, out: Path) -> list:
-    from mpma.viz.curves import plot_curves, read_log
-
+    """The "Training curves" figure and the "Last logged values" table; returns the table's rows."""
     report.h2("Training curves")
     if not (run / "log.jsonl").is_file():
         report.p("No log.jsonl yet: nothing has been logged.")
@@ -141,12 +155,46 @@ def _curves(report: Report, run: Path, out: Path) -> list:
     return rows
 
 
-def _pretrain_sections(report: Report, run: Path, out: Path, examples: int, pointing_cases: int) -> None:
+@dataclass
+class PretrainExamples:
+    """What a pre-training run's latest checkpoint gave for the report (:mod:`mpma.pipelines.report_examples`).
+
+    checkpoint: name of the checkpoint folder whose weights drew them; None: the run has no checkpoint yet.
+    reconstructions: the reconstructions PNG; None when not drawn.
+    has_mim_decoder: False when the configuration has no MIM decoder (no reconstructions possible).
+    alignment: (PNG, caption) of the word -> patch map figures.
+    pointing: a :func:`mpma.eval.pointing.evaluate_pointing` result, on ``pointing_cases`` cases; None: not run.
+    error: "ExceptionType: message" when computing them failed part way (what was done is still shown).
+    """
+
+    checkpoint: str | None = None
+    reconstructions: Path | None = None
+    has_mim_decoder: bool = True
+    alignment: list[tuple[Path, str]] = field(default_factory=list)
+    pointing: dict | None = None
+    pointing_cases: int = 0
+    error: str | None = None
+
+
+@dataclass
+class VqaPredictions:
+    """A VQA fine-tuning run's best-epoch predictions on its test split (:mod:`mpma.pipelines.report_examples`).
+
+    predictions: the predicted answer of each test example.
+    examples: the test examples ("answer", "answer_type", "question_type").
+    error: "ExceptionType: message" when they could not be computed.
+    """
+
+    predictions: list[str] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def _pretrain_sections(report: Report, run: Path, out: Path, examples: PretrainExamples | None) -> None:
+    """Status, curves, loss and retrieval summaries, the given examples and the configuration of a pre-training run."""
     config = _read_json(run / "config.json") or {}
     summary = _read_json(run / "summary.json")
     steps = config.get("optim", {}).get("steps")
-    from mpma.viz.curves import read_log
-
     last = read_log(run).last_step if (run / "log.jsonl").is_file() else None
     status = "finished" if summary else "in progress (no summary.json yet)"
     report.p(f"Pre-training run {run.resolve()}: {status}; last logged step {last} of {steps}; data "
@@ -164,92 +212,39 @@ def _pretrain_sections(report: Report, run: Path, out: Path, examples: int, poin
                           for d in ("i2t", "t2i")])
         elif retrieval:
             report.p(f"Retrieval: {retrieval.get('skipped')}")
-    if examples > 0:
-        _pretrain_examples(report, run, out, examples, pointing_cases)
+    if examples is not None:
+        _pretrain_examples(report, examples)
     report.h2("Configuration (config.json)")
     report.pre(json.dumps(config, indent=2))
 
 
-def _examples_guard(report: Report, what: str, fn) -> None:
-    """Examples need a checkpoint and a model; a failure becomes a paragraph, never a crash."""
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 - the rest of the report is still useful
-        warnings.warn(f"report: {what} skipped: {error}", stacklevel=2)
-        report.p(f"{what} skipped: {type(error).__name__}: {error}")
-
-
-def _example_inputs(loaded, n: int):
-    """(images tensor, texts, names, boxes) for ``n`` held-out examples of the model's data."""
-    import torch
-
-    from mpma.viz.common import case_tensor, synthrad_cases
-
-    pre = loaded.preprocess
-    if loaded.config.data.dataset == "synthrad":
-        cases = synthrad_cases(loaded.config, n, image_size=int(pre["image_size"]))
-        images = torch.stack([case_tensor(c, pre) for c in cases])
-        return images, [c.report for c in cases], [f"synthrad test case {i}" for i in range(n)], [list(c.boxes) for c in cases]
-    from mpma.data.pairs import parse_data_spec
-    from mpma.data.records import read_manifest, resolve_image
-    from mpma.viz.common import preprocess_images
-
-    manifest = Path(parse_data_spec(loaded.config.data.dataset)[1])
-    records = read_manifest(manifest, "pretrain")
-    held = [r for r in records if r.split in ("val", "validation")] or records
-    held = held[:n]
-    paths = [resolve_image(manifest, r) for r in held]
-    return preprocess_images(paths, pre), [r.text for r in held], [p.name for p in paths], [None] * len(held)
-
-
-def _pretrain_examples(report: Report, run: Path, out: Path, n: int, pointing_cases: int) -> None:
-    from mpma.engine import checkpoint as ckpt
-
-    latest = ckpt.latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
-    report.h2("Examples" + (f" (weights of {latest.name})" if latest else ""))
-    if latest is None:
+def _pretrain_examples(report: Report, examples: PretrainExamples) -> None:
+    """The "Examples" section: reconstructions, word -> patch maps, the pointing game (in that order)."""
+    report.h2("Examples" + (f" (weights of {examples.checkpoint})" if examples.checkpoint else ""))
+    if examples.checkpoint is None:
         report.p("No checkpoint yet: reconstructions and alignment maps appear after the first one.")
         return
-
-    def draw() -> None:
-        from mpma.pretrained import load_model
-        from mpma.viz import alignment as A
-        from mpma.viz.reconstruct import reconstruct_files
-
-        loaded = load_model(run)
-        images, texts, names, boxes = _example_inputs(loaded, n)
-        if loaded.backbone.mim_decoder is not None:
-            report.img(reconstruct_files(loaded, images, texts, out / "reconstructions.png", names=names),
-                       "held-out images: original, masked input, MIM reconstruction, reconstruction pasted into the "
-                       "visible patches (mask seed 0)")
-        else:
-            report.p("No MIM decoder in this configuration (objectives.mim=0): no reconstructions.")
-        for i in range(min(n, 2)):
-            path, _ = A.alignment_figure(loaded, images[i:i + 1], texts[i], out / f"alignment_{i}.png",
-                                         boxes=boxes[i] or None)
-            report.img(path, f"{names[i]}: word -> patch maps of each content word")
-        if loaded.config.data.dataset == "synthrad" and pointing_cases > 0:
-            result = A.evaluate_pointing(loaded, n=pointing_cases)
-            if result["n_mentions"]:
-                report.h2(f"Pointing game ({pointing_cases} held-out synthrad cases)")
-                report.p(f"{result['n_mentions']} findings named with their side and zone; a hit is an argmax patch "
-                         f"overlapping the lesion box. Chance (uniform random patch): {result['chance_rate']:.3f}.")
-                report.table(["map", "hit rate", "hits", "side correct", "on any lesion"],
-                             [[A.MAP_LABELS[name], e["hit_rate"], f"{e['hits']}/{e['n']}", e["side_correct"],
-                               e["any_lesion"]]
-                              for name, e in result["maps"].items()])
-
-    _examples_guard(report, "examples", draw)
+    if examples.reconstructions is not None:
+        report.img(examples.reconstructions, "held-out images: original, masked input, MIM reconstruction, "
+                   "reconstruction pasted into the visible patches (mask seed 0)")
+    elif not examples.has_mim_decoder:
+        report.p("No MIM decoder in this configuration (objectives.mim=0): no reconstructions.")
+    for path, caption in examples.alignment:
+        report.img(path, caption)
+    result = examples.pointing
+    if result and result["n_mentions"]:
+        report.h2(f"Pointing game ({examples.pointing_cases} held-out synthrad cases)")
+        report.p(f"{result['n_mentions']} findings named with their side and zone; a hit is an argmax patch "
+                 f"overlapping the lesion box. Chance (uniform random patch): {result['chance_rate']:.3f}.")
+        report.table(["map", "hit rate", "hits", "side correct", "on any lesion"],
+                     [[MAP_LABELS[name], e["hit_rate"], f"{e['hits']}/{e['n']}", e["side_correct"], e["any_lesion"]]
+                      for name, e in result["maps"].items()])
+    if examples.error:
+        report.p(f"examples skipped: {examples.error}")
 
 
-def _finetune_sections(report: Report, run: Path, out: Path, examples: int) -> None:
-    config = _read_json(run / "config.json") or {}
-    task = _read_json(run / "task.json") or {}
-    metrics = _read_json(run / "metrics.json")
-    status = f"finished (best epoch {metrics['best_epoch']} of {metrics['epochs']})" if metrics else "in progress"
-    report.p(f"Fine-tuning run {run.resolve()}: task {config.get('task')}, init {config.get('init')}, {status}; "
-             f"split sizes {task.get('split_sizes')}; report written {time.strftime('%Y-%m-%d %H:%M')}.")
-    _curves(report, run, out)
+def _validation_epochs(run: Path) -> list[dict]:
+    """The per-epoch lines (with a "val" dict) of ``run/log.jsonl``; unreadable lines are skipped."""
     epochs = []
     if (run / "log.jsonl").is_file():
         for line in (run / "log.jsonl").read_text().splitlines():
@@ -259,20 +254,32 @@ def _finetune_sections(report: Report, run: Path, out: Path, examples: int) -> N
                 continue
             if "val" in row:
                 epochs.append(row)
+    return epochs
+
+
+def _finetune_sections(report: Report, run: Path, out: Path, vqa: VqaPredictions | None) -> None:
+    """Status, curves, validation per epoch, test metrics (with the test set's identity), the given VQA
+    breakdown, the configuration and the backbone of a fine-tuning run."""
+    config = _read_json(run / "config.json") or {}
+    task = _read_json(run / "task.json") or {}
+    metrics = _read_json(run / "metrics.json")
+    status = f"finished (best epoch {metrics['best_epoch']} of {metrics['epochs']})" if metrics else "in progress"
+    report.p(f"Fine-tuning run {run.resolve()}: task {config.get('task')}, init {config.get('init')}, {status}; "
+             f"split sizes {task.get('split_sizes')}; report written {time.strftime('%Y-%m-%d %H:%M')}.")
+    _curves(report, run, out)
+    epochs = _validation_epochs(run)
     if epochs:
         names = [k for k, v in epochs[0]["val"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:8]
         report.h2("Validation per epoch")
         report.table(["epoch", "step", *names], [[e["epoch"], e["step"], *[e["val"].get(k) for k in names]] for e in epochs])
     if metrics:
-        from mpma.data.published import describe_identity
-
         identity = describe_identity(metrics.get("test_set") or task.get("test_set"))
         report.h2("Test metrics (best epoch)")
         report.p(f"Test set: {identity}.")
         report.table(["metric", f"test: {identity}"],
                      [[k, v] for k, v in scalar_items(metrics.get("test", {}))])
-        if config.get("task") == "vqa" and (run / "best").is_dir() and examples > 0:
-            _examples_guard(report, "VQA breakdown", lambda: _vqa_breakdown(report, run, out))
+        if vqa is not None:
+            _vqa_section(report, out, vqa, metrics)
     report.h2("Configuration (config.json)")
     report.pre(json.dumps(config, indent=2))
     backbone = _read_json(run / "backbone.json")
@@ -284,8 +291,6 @@ def _finetune_sections(report: Report, run: Path, out: Path, examples: int) -> N
 def vqa_breakdown(predictions: list[str], examples: list[dict]) -> tuple[dict, list[list]]:
     """Closed-question confusion {gold: {predicted: count}} (predictions other than yes/no -> "other")
     and per-question-type rows [type, n, accuracy]."""
-    from mpma.data.records import normalize_answer
-
     confusion: dict[str, dict[str, int]] = {g: {p: 0 for p in ("yes", "no", "other")} for g in ("yes", "no")}
     by_type: dict[str, list[bool]] = {}
     for pred, example in zip(predictions, examples):
@@ -298,26 +303,12 @@ def vqa_breakdown(predictions: list[str], examples: list[dict]) -> tuple[dict, l
     return confusion, rows
 
 
-def _vqa_breakdown(report: Report, run: Path, out: Path) -> None:
-    import numpy as np
-    import torch
-
-    from mpma.config import config_from_dict
-    from mpma.engine import checkpoint as ckpt
-    from mpma.eval.downstream import predict_scores
-    from mpma.finetune_config import FinetuneConfig
-    from mpma.pipelines.finetuning import FinetuneRun
-
-    config = config_from_dict(json.loads((run / "config.json").read_text()), FinetuneConfig)
-    ft = FinetuneRun(config, torch.device("cpu"))
-    ckpt.load_weights(ft.module, run / "best" / ckpt.WEIGHTS)
-    examples = ft.data.splits["test"]
-    scores = predict_scores(ft.module, examples, ft.collate, config.data.eval_batch_size, torch.device("cpu"))
-    predictions = [ft.classes[i] for i in np.asarray(scores).argmax(1)]
-    confusion, rows = vqa_breakdown(predictions, examples)
-    from mpma.data.published import describe_identity
-
-    metrics = _read_json(run / "metrics.json") or {}
+def _vqa_section(report: Report, out: Path, vqa: VqaPredictions, metrics: dict) -> None:
+    """The "VQA test breakdown" section (or a paragraph saying why it is missing)."""
+    if vqa.error:
+        report.p(f"VQA breakdown skipped: {vqa.error}")
+        return
+    confusion, rows = vqa_breakdown(vqa.predictions, vqa.examples)
     report.h2("VQA test breakdown")
     report.p(f"Test set: {describe_identity(metrics.get('test_set'))}. Closed questions: rows are "
              "the true answer, columns the predicted one.")
@@ -327,12 +318,9 @@ def _vqa_breakdown(report: Report, run: Path, out: Path) -> None:
 
 
 def plot_confusion(confusion: dict[str, dict[str, int]], out: Path) -> Path:
-    import numpy as np
-
-    from mpma.viz.common import new_figure, save_figure
-
+    """The {gold: {predicted: count}} confusion as a (gold, predicted) heat map with the counts written in."""
     golds, preds = list(confusion), list(next(iter(confusion.values())))
-    matrix = np.array([[confusion[g][p] for p in preds] for g in golds])
+    matrix = np.array([[confusion[g][p] for p in preds] for g in golds])  # (golds, predictions)
     fig = new_figure(4.2, 3.2)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, cmap="Blues")
@@ -350,15 +338,27 @@ def plot_confusion(confusion: dict[str, dict[str, int]], out: Path) -> Path:
     return save_figure(fig, out)
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, examples: int = 3,
-                 pointing_cases: int = 100) -> tuple[Path, Path]:
+def is_finetuning_run(run_dir: str | Path) -> bool:
+    """A fine-tuning run folder (backbone.json and task.json beside config.json); else a pre-training run."""
+    run = Path(run_dir)
+    return (run / "backbone.json").is_file() and (run / "task.json").is_file()
+
+
+def report_dir(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where the report of ``run_dir`` goes: ``out_dir``, default ``run_dir/report``."""
+    return Path(out_dir) if out_dir else Path(run_dir) / "report"
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, examples: PretrainExamples | None = None,
+                 vqa: VqaPredictions | None = None) -> tuple[Path, Path]:
     """Write ``index.html`` and ``report.md`` (plus their PNGs) for a pre-training or fine-tuning run.
 
     Args:
         run_dir: the run folder.
         out_dir: where to write (default ``run_dir/report``).
-        examples: held-out examples drawn (reconstructions, alignment maps); 0 skips them (no model load).
-        pointing_cases: synthrad cases of the pointing game shown for a synthrad pre-training run (0: none).
+        examples: a pre-training run's example figures and pointing game; None leaves the section out.
+        vqa: a VQA fine-tuning run's test predictions; None leaves the VQA breakdown out.
+        (:func:`mpma.pipelines.report_examples.write_run_report` computes both and calls this.)
 
     Returns:
         (HTML path, markdown path).
@@ -366,14 +366,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, example
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} has no config.json (pass a folder written by `mpma pretrain` / `mpma finetune`)")
-    out = Path(out_dir) if out_dir else run / "report"
+    out = report_dir(run, out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (run / "backbone.json").is_file() and (run / "task.json").is_file():
+    if is_finetuning_run(run):
         report = Report(f"mpma fine-tuning run: {run.resolve().name}")
-        _finetune_sections(report, run, out, examples)
+        _finetune_sections(report, run, out, vqa)
     else:
         report = Report(f"mpma pre-training run: {run.resolve().name}")
-        _pretrain_sections(report, run, out, examples, pointing_cases)
+        _pretrain_sections(report, run, out, examples)
     html_path, md_path = out / "index.html", out / "report.md"
     html_path.write_text(render_html(report, out), encoding="utf-8")
     md_path.write_text(render_markdown(report), encoding="utf-8")

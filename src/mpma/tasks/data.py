@@ -1,10 +1,10 @@
 """Downstream task data: examples per split from synthrad, VQA-RAD or a manifest.
 
-Every task reads the same :class:`TaskData`: a dict of example lists (plain dicts) per split and
-an :class:`ImageStore` that turns an example's image reference into a cached model input. Example
-fields by task:
+Every task reads the same :class:`TaskData`: a dict of example lists (plain dicts) per split. An
+example's ``image`` is a reference that :class:`mpma.data.collate.ImageStore` turns into a cached
+model input. Example fields by task (see each task's ``synthrad_examples``):
 
-- vqa: image, question, answer, answer_type, question_type
+- vqa: image, question, answer, answer_type, question_type, group (the image)
 - mm_cls / img_cls / zero_shot_cls: image, text (mm_cls), labels (tuple of label names)
 - txt_cls: text, text_pair (optional), labels (one label)
 - retrieval: image, text, key (items with equal keys count as hits for each other)
@@ -18,61 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mpma.finetune_config import TaskDataConfig
+from mpma.config import TaskDataConfig
+from mpma.data.pairs import parse_data_spec
+from mpma.data.records import read_manifest, resolve_image
+from mpma.data.synthrad import TEST_OFFSET, VAL_OFFSET, SynthRad
+from mpma.data.vqa_rad import load_vqa_rad
+from mpma.tasks.base import Task
 
 # synthrad downstream cases live far from the pre-training index range [0, train_size + eval_size).
 SYNTHRAD_TRAIN_OFFSET = 500_000_000
-
-
-class ImageStore:
-    """Image reference -> (3, S, S) tensor, decoded and resized once, then cached.
-
-    A reference is ("synthrad", SynthRad, index) or an absolute file path. :meth:`augmented` gives
-    a seeded random resized crop of a file image instead (training only).
-    """
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
-        self._cache: dict = {}
-        self._arrays: dict = {}  # file path -> decoded uint8, shorter side at most image_size (for crops)
-
-    def augmented(self, ref, seed: tuple[int, ...]) -> torch.Tensor:
-        """(3, S, S) random resized crop of ``ref`` drawn from ``seed`` (no flip: left/right matter).
-
-        A synthrad reference is returned unaugmented (its cases are already drawn at random).
-        """
-        if not isinstance(ref, str):
-            return self(ref)
-        from mpma.data.image import ImageError, ImageTransform, load_image
-        from mpma.data.pairs import shrink_shorter_side
-
-        array = self._arrays.get(ref)
-        if array is None:
-            try:
-                array = shrink_shorter_side(load_image(ref), self.image_size)
-            except ImageError as error:
-                raise ImageError(f"{error} (run `mpma data validate` on the manifest to list bad records)") from None
-            self._arrays[ref] = array
-        return ImageTransform(size=self.image_size, train=True)(array, np.random.default_rng(list(seed)))
-
-    def __call__(self, ref) -> torch.Tensor:
-        key = ref if isinstance(ref, str) else (id(ref[1]), ref[2])
-        tensor = self._cache.get(key)
-        if tensor is None:
-            from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, load_image, to_tensor
-            from mpma.data.pairs import grayscale_to_tensor
-
-            if isinstance(ref, str):
-                try:
-                    tensor = to_tensor(load_image(ref), self.image_size, CLIP_MEAN, CLIP_STD)
-                except ImageError as error:
-                    raise ImageError(f"{error} (run `mpma data validate` on the manifest to list bad records)") from None
-            else:
-                tensor = grayscale_to_tensor(ref[1][ref[2]].image, self.image_size, CLIP_MEAN, CLIP_STD)
-            self._cache[key] = tensor
-        return tensor
 
 
 @dataclass
@@ -125,47 +80,17 @@ def label_fraction(examples: list[dict], fraction: float, seed: int) -> list[dic
 # ------------------------------------------------------------------------------------ synthrad
 
 
-def _synthrad_examples(task: str, cases, split: str) -> list[dict]:
-    from mpma.data.synthrad import LABELS, text_pairs
-
-    examples = []
-    for i in range(len(cases)):
-        case = cases[i]
-        ref = ("synthrad", cases, i)
-        labels = tuple(name for name, y in zip(LABELS, case.labels) if y > 0)
-        if task == "vqa":
-            examples += [{"image": ref, "question": q.question, "answer": q.answer, "answer_type": q.answer_type,
-                          "question_type": q.question_type, "group": i} for q in case.vqa]
-        elif task in ("img_cls", "zero_shot_cls"):
-            examples.append({"image": ref, "labels": labels})
-        elif task == "mm_cls":
-            # MELINDA-style single-label: the kind of a single finding, or "normal"; two-finding cases skipped.
-            if len(case.findings) <= 1:
-                examples.append({"image": ref, "text": case.report, "labels": (labels[0],)})
-        elif task == "retrieval":
-            examples.append({"image": ref, "text": case.report, "key": case.finding_key})
-        elif task == "txt_cls":
-            examples += [{"text": p["text"], "text_pair": p["text_pair"], "labels": (p["label"],)}
-                         for p in text_pairs(case) if p["task"] == "entailment"]
-    return examples
+def _synthrad_examples(task: Task, cases) -> list[dict]:
+    return [example for i in range(len(cases)) for example in task.synthrad_examples(cases[i], ("synthrad", cases, i), i)]
 
 
-def synthrad_task_data(task: str, config: TaskDataConfig, image_size: int) -> TaskData:
+def synthrad_task_data(task: Task, config: TaskDataConfig, image_size: int) -> TaskData:
     """synthrad splits for ``task`` at case offsets disjoint from pre-training."""
-    from mpma.data.synthrad import LABELS, TEST_OFFSET, VAL_OFFSET, SynthRad
-
     common = dict(seed=config.seed, image_size=image_size)
     sizes = {"train": (config.train_size, SYNTHRAD_TRAIN_OFFSET), "val": (config.val_size, VAL_OFFSET),
              "test": (config.test_size, TEST_OFFSET)}
-    splits = {name: _synthrad_examples(task, SynthRad(n, offset=offset, **common), name)
-              for name, (n, offset) in sizes.items()}
-    if task == "txt_cls":
-        names = ["contradiction", "entailment", "neutral"]
-    elif task == "mm_cls":
-        names = [n for n in LABELS]
-    else:
-        names = list(LABELS)
-    return TaskData(splits, names if task != "vqa" else [], multi_label=task in ("img_cls", "zero_shot_cls"),
+    splits = {name: _synthrad_examples(task, SynthRad(n, offset=offset, **common)) for name, (n, offset) in sizes.items()}
+    return TaskData(splits, task.synthrad_label_names(), multi_label=task.synthrad_multi_label,
                     notes={"source": "synthrad", "seed": config.seed})
 
 
@@ -179,8 +104,6 @@ def _vqa_examples(records) -> list[dict]:
 
 def vqa_rad_task_data(root: str, config: TaskDataConfig) -> TaskData:
     """VQA-RAD's MEVF split (train 3,064 / test 451); validation held out of train by question (seeded)."""
-    from mpma.data.vqa_rad import load_vqa_rad
-
     records = load_vqa_rad(root)
     train = _vqa_examples(records["train"])
     train, val = held_out_split(train, config.val_fraction, config.seed)
@@ -188,12 +111,10 @@ def vqa_rad_task_data(root: str, config: TaskDataConfig) -> TaskData:
                     notes={"source": f"vqa-rad:{root}", "validation": f"{config.val_fraction:.0%} of train, seeded"})
 
 
-def manifest_task_data(task: str, path: str, config: TaskDataConfig) -> TaskData:
-    """A prepared manifest (VQA, classification or pre-training kind, by task)."""
-    from mpma.data.records import read_manifest, resolve_image
-
+def manifest_task_data(task: Task, path: str, config: TaskDataConfig) -> TaskData:
+    """A prepared manifest of the task's record kind (VQA, classification or pre-training pairs)."""
     manifest = Path(path)
-    kind = {"vqa": "vqa", "retrieval": "pretrain"}.get(task, "classification")
+    kind = task.manifest_kind
     records = read_manifest(manifest, kind)
     by_split: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -216,25 +137,23 @@ def manifest_task_data(task: str, path: str, config: TaskDataConfig) -> TaskData
     return TaskData(dict(by_split), names, multi_label=multi, notes={"source": str(manifest)})
 
 
-def build_task_data(task: str, config: TaskDataConfig, image_size: int) -> TaskData:
+def build_task_data(task: Task, config: TaskDataConfig, image_size: int) -> TaskData:
     """Dispatch on ``data.dataset``: "synthrad", "vqa-rad:PATH", "manifest:PATH" or a manifest path."""
-    from mpma.data.pairs import parse_data_spec
-
     name, path = parse_data_spec(config.dataset)
     if name == "synthrad":
         data = synthrad_task_data(task, config, image_size)
     elif name == "vqa-rad":
-        if task != "vqa":
-            raise ValueError(f"vqa-rad provides VQA data only, not task '{task}'")
+        if task.manifest_kind != "vqa":
+            raise ValueError(f"vqa-rad provides VQA data only, not task '{task.name}'")
         data = vqa_rad_task_data(path, config)
     elif name == "manifest" or Path(path).suffix == ".jsonl":
         data = manifest_task_data(task, path, config)
     else:
         raise ValueError(f"unknown dataset '{name}' in data.dataset={config.dataset!r} "
                          "(use synthrad, vqa-rad:PATH or a manifest path)")
-    if config.fraction < 1 and task in ("img_cls", "mm_cls", "txt_cls"):
+    if config.fraction < 1 and task.label_fraction:
         data.splits["train"] = label_fraction(data.splits["train"], config.fraction, config.seed)
     for split in ("train", "val", "test"):
         if not data.splits.get(split):
-            raise ValueError(f"{config.dataset}: split '{split}' is empty for task '{task}'")
+            raise ValueError(f"{config.dataset}: split '{split}' is empty for task '{task.name}'")
     return data

@@ -1,12 +1,11 @@
-"""Downstream task modules: backbone + head + loss, one forward per step, and ``predict`` for evaluation.
+"""Classification tasks: image-text (``mm_cls``), image (``img_cls``) and text (``txt_cls``).
 
-Each module's ``forward(batch, generator)`` returns a :class:`StepResult` (the trainer sums and
-steps) and ``predict(batch)`` returns scores for the evaluation metrics.
+Their modules: :class:`FusedClassifier` (an MLP over the fused pair, also VQA's module) and
+:class:`UnimodalClassifier` (a linear head on one encoder's CLS feature).
 
-Batch keys (built by :class:`mpma.data.task_batches.TaskCollator`):
-images (B, 3, S, S); input_ids, attention_mask (B, T); targets (B, A) float for soft/multi-label
-targets or (B,) long for single-label targets (-100 = no valid class, e.g. an answer outside the
-vocabulary); match_key (B,) for retrieval.
+Batch keys (built by :class:`mpma.data.collate.TaskCollator`): images (B, 3, S, S); input_ids,
+attention_mask (B, T); targets (B, A) float for soft / multi-label targets or (B,) long for
+single-label targets (-100 = no valid class, e.g. an answer outside the vocabulary).
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpma.data.synthrad import text_pairs
+from mpma.eval import downstream as evaluation
 from mpma.models.heads import ClassifierHead
 from mpma.models.mpma import MPMAModel
-from mpma.objectives.alignment import global_alignment_loss
-from mpma.objectives.matching import itm_loss, sample_hard_negatives
+from mpma.tasks.base import Task, TaskRunContext, register
 from mpma.tasks.pretrain import StepResult
-
 
 POOLINGS = ("cls", "mean")
 
@@ -53,11 +52,11 @@ class FusedClassifier(nn.Module):
         backbone: the MPMA model.
         classes: number of answers / labels.
         loss: "bce" (soft scores / multi-label targets) or "ce" (single label).
-        hidden_mult: MLP hidden width as a multiple of the pooled width (2 x fusion width).
+        hidden: MLP hidden width; None: twice the pooled width (the pooled width is 2 x fusion width).
         pool: how the pair feature is read from the fusion output (see :func:`pool_fused`).
     """
 
-    def __init__(self, backbone: MPMAModel, classes: int, loss: str = "ce", hidden_mult: float = 2.0,
+    def __init__(self, backbone: MPMAModel, classes: int, loss: str = "ce", hidden: int | None = None,
                  pool: str = "cls") -> None:
         super().__init__()
         if loss not in ("bce", "ce"):
@@ -66,9 +65,12 @@ class FusedClassifier(nn.Module):
             raise ValueError(f"head.pool must be one of {POOLINGS}, got {pool!r}")
         self.backbone = backbone
         pooled = 2 * backbone.config.fusion.width
-        self.head = ClassifierHead(pooled, classes, hidden=int(hidden_mult * pooled))
+        hidden = hidden or 2 * pooled
+        self.head = ClassifierHead(pooled, classes, hidden=hidden)
         self.loss = loss
         self.pool = pool
+        self.classes = classes
+        self.hidden = hidden
 
     def logits(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """(B, classes) logits (and the fusion output when ``return_attention``)."""
@@ -98,6 +100,13 @@ class FusedClassifier(nn.Module):
         """The new classifier only: the fusion trains at the backbone's rate. (At ``head_lr_mult``
         times the rate, the co-attention fusion could not fit VQA-RAD: docs/RESULTS.md section 3.)"""
         return {n for n, _ in self.named_parameters() if n.startswith("head.")}
+
+    def settings(self) -> dict:
+        return {"type": "fused", "loss": self.loss, "hidden": self.hidden, "outputs": self.classes, "pool": self.pool}
+
+    @classmethod
+    def from_settings(cls, backbone: MPMAModel, head: dict) -> FusedClassifier:
+        return cls(backbone, head["outputs"], head["loss"], head["hidden"], head.get("pool", "cls"))
 
 
 class UnimodalClassifier(nn.Module):
@@ -152,37 +161,104 @@ class UnimodalClassifier(nn.Module):
     def head_parameter_names(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.startswith("head.")}
 
+    def settings(self) -> dict:
+        return {"type": "unimodal", "modality": self.modality, "linear_probe": self.linear_probe,
+                "outputs": self.head.out_features}
 
-class RetrievalTrainer(nn.Module):
-    """Retrieval fine-tuning: GLA-global contrastive loss on unmasked pairs, optionally ITM too."""
+    @classmethod
+    def from_settings(cls, backbone: MPMAModel, head: dict, multi_label: bool) -> UnimodalClassifier:
+        return cls(backbone, head["modality"], head["outputs"], multi_label, bool(head.get("linear_probe")))
 
-    def __init__(self, backbone: MPMAModel, use_itm: bool = False) -> None:
-        super().__init__()
-        if not backbone.has_global_alignment:
-            raise ValueError("retrieval needs the GLA alignment head: this backbone was built with "
-                             "objectives.global_align=0; fine-tune from a run with global alignment or from scratch")
-        if use_itm and backbone.itm_head is None:
-            raise ValueError("head.retrieval_itm=true needs an ITM head (objectives.itm > 0 in the backbone config)")
-        self.backbone = backbone
-        self.use_itm = use_itm
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> StepResult:
-        model = self.backbone
-        vision = model.encode_image(batch["images"])
-        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        image_embed, text_embed = model.image_embedding(vision), model.text_embedding(text, batch["attention_mask"])
-        loss, metrics = global_alignment_loss(image_embed, text_embed, model.align.logit_scale())
-        result = StepResult({"global_align": loss}, metrics)
-        if self.use_itm:
-            b = image_embed.shape[0]
-            forbidden = batch["match_key"][:, None] == batch["match_key"][None, :]
-            wrong_text = sample_hard_negatives((image_embed @ text_embed.t()).cpu(), forbidden.cpu(), generator)
-            pos = model.fuse(text, batch["attention_mask"], vision.tokens)
-            neg = model.fuse(text[wrong_text], batch["attention_mask"][wrong_text], vision.tokens)
-            logits = model.itm_logits(torch.cat([pos.pooled, neg.pooled]))
-            targets = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(logits.device)
-            result.losses["itm"], result.metrics["itm_acc"] = itm_loss(logits, targets)
-        return result
+def fused_hidden(config, backbone: MPMAModel) -> int:
+    """The MLP hidden width of a fused head: ``head.hidden_mult`` x the pooled width (2 x fusion width)."""
+    return int(config.head.hidden_mult * 2 * backbone.config.fusion.width)
 
-    def head_parameter_names(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.startswith(("backbone.align.", "backbone.itm_head.", "backbone.fusion."))}
+
+class LabelTask(Task):
+    """Shared parts of the trained label-classification tasks."""
+
+    target = "labels"
+    manifest_kind = "classification"
+    label_fraction = True
+
+    def evaluate(self, run: TaskRunContext, examples: list[dict]) -> dict:
+        scores = evaluation.predict_scores(run.module, examples, run.collate, run.config.data.eval_batch_size, run.device)
+        return evaluation.evaluate_classification(scores, examples, run.classes, run.multi_label)
+
+
+@register
+class ImageTextClassification(LabelTask):
+    """MELINDA-style single-label classification of an image with its text."""
+
+    name = "mm_cls"
+    help = "image-text classification (fused pair, single label)"
+    selection_metric = "accuracy"
+    text_fields = ("text", "text_pair")
+
+    def synthrad_examples(self, case, ref, index: int) -> list[dict]:
+        # the kind of a single finding, or "normal"; two-finding cases are left out
+        if len(case.findings) > 1:
+            return []
+        labels = tuple(name for name, y in zip(self.synthrad_label_names(), case.labels) if y > 0)
+        return [{"image": ref, "text": case.report, "labels": (labels[0],)}]
+
+    def build_module(self, config, backbone, classes, multi_label):
+        return FusedClassifier(backbone, len(classes), "ce", fused_hidden(config, backbone), config.head.pool)
+
+    def head_settings(self, module):
+        return module.settings()
+
+    def module_from_settings(self, backbone, task):
+        return FusedClassifier.from_settings(backbone, task["head"])
+
+
+@register
+class ImageClassification(LabelTask):
+    """Image classification (multi-label on synthrad) with a linear head on the ViT CLS feature."""
+
+    name = "img_cls"
+    help = "image classification (ViT CLS, fine-tune or linear probe)"
+    selection_metric = "macro_auc"
+    synthrad_multi_label = True
+
+    def synthrad_examples(self, case, ref, index: int) -> list[dict]:
+        return [{"image": ref, "labels": tuple(n for n, y in zip(self.synthrad_label_names(), case.labels) if y > 0)}]
+
+    def build_module(self, config, backbone, classes, multi_label):
+        if config.head.image_mode not in ("finetune", "linear_probe"):
+            raise ValueError(f"head.image_mode must be 'finetune' or 'linear_probe', got {config.head.image_mode!r}")
+        return UnimodalClassifier(backbone, "image", len(classes), multi_label, config.head.image_mode == "linear_probe")
+
+    def head_settings(self, module):
+        return module.settings()
+
+    def module_from_settings(self, backbone, task):
+        return UnimodalClassifier.from_settings(backbone, task["head"], bool(task.get("multi_label")))
+
+
+@register
+class TextClassification(LabelTask):
+    """Text (or sentence-pair) classification with a linear head on the text CLS feature."""
+
+    name = "txt_cls"
+    help = "text / sentence-pair classification (text CLS)"
+    selection_metric = "accuracy"
+    reads_image = False
+    text_fields = ("text", "text_pair")
+
+    def synthrad_examples(self, case, ref, index: int) -> list[dict]:
+        return [{"text": p["text"], "text_pair": p["text_pair"], "labels": (p["label"],)}
+                for p in text_pairs(case) if p["task"] == "entailment"]
+
+    def synthrad_label_names(self) -> list[str]:
+        return ["contradiction", "entailment", "neutral"]
+
+    def build_module(self, config, backbone, classes, multi_label):
+        return UnimodalClassifier(backbone, "text", len(classes), multi_label)
+
+    def head_settings(self, module):
+        return module.settings()
+
+    def module_from_settings(self, backbone, task):
+        return UnimodalClassifier.from_settings(backbone, task["head"], bool(task.get("multi_label")))

@@ -1,12 +1,13 @@
-"""Typed configuration of a downstream fine-tuning / evaluation run (``mpma finetune``)."""
+"""The fine-tuning configuration: :class:`FinetuneConfig` (``mpma finetune`` / ``mpma evaluate``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from mpma.config import OptimConfig, RunConfig
+from mpma.config.pretrain import OptimConfig, RunConfig
 
-TASKS = ("vqa", "mm_cls", "retrieval", "img_cls", "txt_cls", "zero_shot_cls")
+# replaced by the task registry (mpma.tasks)
 
 
 @dataclass
@@ -63,6 +64,4 @@ class FinetuneConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10, checkpoint_every=10**9))
 
     def to_dict(self) -> dict:
-        import dataclasses
-
         return dataclasses.asdict(self)

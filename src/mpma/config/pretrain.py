@@ -1,36 +1,25 @@
-"""Typed configuration: one dataclass per concern, YAML presets and dotted overrides.
+"""The pre-training configuration: :class:`Config` and one dataclass per concern.
 
-A configuration is a tree of dataclasses rooted at :class:`Config`. Presets live as YAML files in
-``mpma/presets/``; a user may pass a preset name or a YAML path, then ``key.sub=value`` overrides.
-Unknown keys and values of the wrong type are errors that name the key.
-
-Field names equal the constructor arguments of the modules they configure.
+Each module takes its section whole (``VisionTransformer(config.vision)``, ``TextEncoder(config.text,
+...)``, ``CoAttentionFusion(config.fusion, ...)``, ``MIMDecoder(config.decoder, ...)``); the
+trainer reads ``optim`` and ``run``, the pre-training pipeline ``data`` and ``objectives``. Every
+field is read somewhere: a field that nothing reads is a bug, not a placeholder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
-PRESET_DIR = Path(__file__).parent / "presets"
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
+from mpma.config.base import ConfigError
 
 
 @dataclass
 class VisionConfig:
-    """ViT image encoder (patch 16, CLS token, learned position embeddings)."""
+    """ViT image encoder: patch embedding, CLS token, learned position embeddings, pre-norm blocks."""
 
     image_size: int = 224
     patch_size: int = 16
@@ -40,11 +29,15 @@ class VisionConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     mask_ratio: float = 0.75  # share of patches hidden from the encoder during pre-training
-    drop_path: float = 0.0
+    drop_path: float = 0.0  # stochastic depth in training: block i's rate is drop_path * i / (depth - 1)
     init: str | None = None  # local path of weights to start from (CLIP folder/file or an mpma model)
     pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's ln_pre)
     activation: str = "gelu"  # MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP)
     norm_eps: float = 1e-6  # LayerNorm epsilon (CLIP: 1e-5)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"vision.drop_path: expected a rate in [0, 1), got {self.drop_path}")
 
 
 @dataclass
@@ -145,7 +138,6 @@ class DataConfig:
     mixture_size: int = 0  # draws per epoch of a sources mixture; 0 = the sources' sizes summed
     image_cache_mb: int = 512  # decoded, downsized manifest training images kept in memory (per process)
     train_size: int = 20000  # synthrad only
-    val_size: int = 500  # synthrad only: held-out pairs for the zero-shot retrieval check
     normal_fraction: float = 0.1
     batch_size: int = 64
     num_workers: int = 0
@@ -219,15 +211,22 @@ class RunConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     log_every: int = 10
     checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    eval_size: int = 500  # held-out pairs for the end-of-run zero-shot retrieval check
-    compile: bool = False
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 = keep all
+    eval_size: int = 500  # synthrad only: held-out pairs of the end-of-run zero-shot retrieval check
+    #                       (a manifest source uses its whole val split)
+    compile: bool = False  # torch.compile the trained module (the DDP wrapper, if any): start-up +1 min or more on CPU
     threads: int = 0  # torch intra-op threads; 0 = torch default
 
 
 @dataclass
 class Config:
     """The complete configuration of a pre-training run."""
+
+    # Keys older versions wrote into config.json: dropped with a warning when such a file is read,
+    # an error when given as an override (see mpma.config.base.drop_removed_keys).
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "data.val_size": "the held-out pairs of the zero-shot retrieval check are run.eval_size",
+    }
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -243,149 +242,3 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------------------------
-# Building from nested dicts with type checks
-
-
-def _check_value(value: Any, annotation: Any, key: str) -> Any:
-    """Return ``value`` converted to ``annotation`` or raise a ConfigError naming ``key``."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_value(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_type,) = typing.get_args(annotation)
-        return [_check_value(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-4" (no dot, or no exponent sign) as a string
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (known keys under "
-            f"'{prefix.rstrip('.') or 'config'}': {', '.join(sorted(known))})"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_value(value, annotation, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _read_yaml(source: str) -> dict[str, Any]:
-    path = Path(source)
-    if not path.suffix:
-        path = PRESET_DIR / f"{source}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown preset '{source}' (presets: {', '.join(preset_names())})")
-    elif not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    parent = data.pop("base", None)  # a preset may extend another preset or file
-    if parent is not None:
-        data = _merge(_read_yaml(str(parent)), data)
-    return data
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``key.sub=value``; the value is read as YAML (``1e-4``, ``true``, ``null``, ``[0,1]``)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for text in overrides:
-        path, value = parse_override(text)
-        node = result
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}' conflicts with another override")
-        node[path[-1]] = value
-    return result
-
-
-def load_config(
-    source: str | None = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type = Config
-) -> Any:
-    """Build a configuration from a preset name or YAML path plus ``key=value`` overrides.
-
-    Args:
-        source: preset name (``tiny``, ``small``, ``base``, ...) or a YAML file; None = defaults.
-        overrides: dotted overrides such as ``optim.lr=3e-4``.
-        cls: the root dataclass (``Config`` for pre-training; tasks have their own roots).
-    """
-    data = _read_yaml(source) if source else {}
-    data = _merge(data, overrides_to_dict(list(overrides)))
-    return _build(cls, data)
-
-
-def config_from_dict(values: dict[str, Any], cls: type = Config) -> Any:
-    """Rebuild a configuration saved with :meth:`Config.to_dict` (checked like any other)."""
-    return _build(cls, values)

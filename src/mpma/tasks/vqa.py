@@ -1,0 +1,61 @@
+"""Medical VQA (``vqa``): answer classification over the fused image-question pair.
+
+The answer vocabulary is the normalised answers of train+val (``head.answer_vocab=train``) or of
+every split (``all_splits``, M3AE's convention); test answers outside it count as wrong.
+"""
+
+from __future__ import annotations
+
+from mpma.data.records import normalize_answer
+from mpma.eval import downstream as evaluation
+from mpma.tasks.base import Task, TaskRunContext, register
+from mpma.tasks.classification import FusedClassifier, fused_hidden
+
+ANSWER_VOCABULARIES = ("train", "all_splits")
+
+
+def answer_vocabulary(data, convention: str) -> list[str]:
+    """Answers of train+val ("train") or of every split ("all_splits", M3AE's convention), normalised."""
+    if convention not in ANSWER_VOCABULARIES:
+        raise ValueError(f"head.answer_vocab must be 'train' or 'all_splits', got {convention!r}")
+    splits = ("train", "val", "test") if convention == "all_splits" else ("train", "val")
+    return sorted({normalize_answer(e["answer"]) for s in splits for e in data.splits[s]})
+
+
+@register
+class VQA(Task):
+    name = "vqa"
+    help = "medical visual question answering (answer classification)"
+    selection_metric = "overall"
+    text_fields = ("question",)
+    target = "answer"
+    manifest_kind = "vqa"
+
+    def synthrad_examples(self, case, ref, index: int) -> list[dict]:
+        return [{"image": ref, "question": q.question, "answer": q.answer, "answer_type": q.answer_type,
+                 "question_type": q.question_type, "group": index} for q in case.vqa]
+
+    def synthrad_label_names(self) -> list[str]:
+        return []  # the classes are the answer vocabulary
+
+    def classes(self, config, data) -> list[str]:
+        return answer_vocabulary(data, config.head.answer_vocab)
+
+    def soft_targets(self, config) -> bool:
+        return config.head.vqa_loss == "bce"
+
+    def build_module(self, config, backbone, classes, multi_label):
+        return FusedClassifier(backbone, len(classes), config.head.vqa_loss, fused_hidden(config, backbone), config.head.pool)
+
+    def head_settings(self, module):
+        return module.settings()
+
+    def module_from_settings(self, backbone, task):
+        return FusedClassifier.from_settings(backbone, task["head"])
+
+    def metadata(self, config) -> dict:
+        return {"answer_vocab": config.head.answer_vocab}
+
+    def evaluate(self, run: TaskRunContext, examples: list[dict]) -> dict:
+        scores = evaluation.predict_scores(run.module, examples, run.collate, run.config.data.eval_batch_size, run.device)
+        return evaluation.evaluate_vqa(scores, examples, run.classes)
