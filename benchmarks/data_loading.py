@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from mpma.data.prepare import prepare
+    from mpma.data.sources.prepare import prepare
     from mpma.data.shards import PackedDataset
 
     torch.set_num_threads(1)

@@ -30,8 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mpma.config import load_config
-from mpma.data.synthrad import sample_findings
-from mpma.data.synthrad_text import build_report
+from mpma.data.synthrad import build_report, sample_findings
 from mpma.data.text import load_tokenizer, mask_tokens, train_tokenizer
 from mpma.models.mpma import MPMAModel
 from mpma.objectives.matching import itm_loss

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import fixtures_releases as fx
-from mpma.data.adapters import ADAPTERS, LayoutError, make_adapter, parse_options
-from mpma.data.prepare import prepare
+from mpma.data.sources.adapters import ADAPTERS, LayoutError, make_adapter, parse_options
+from mpma.data.sources.prepare import prepare
 
 
 def run(dataset: str, src: Path, out: Path, **options: object):

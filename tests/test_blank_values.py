@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import fixtures_releases as fx
-from mpma.data.adapters import make_adapter
-from mpma.data.adapters.base import clean_text
+from mpma.data.sources.adapters import make_adapter
+from mpma.data.sources.adapters.base import clean_text
 
 SPELLINGS = ["None", "null", "NA", "0", "no", "nan", "N/A"]
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from mpma.cli import main
-from mpma.data.adapters import ADAPTERS, LayoutError, hash_split, make_adapter
-from mpma.data.prepare import prepare
+from mpma.data.sources.adapters import ADAPTERS, LayoutError, hash_split, make_adapter
+from mpma.data.sources.prepare import prepare
 
 REAL = Path(os.environ.get("MPMA_MEDPIX", Path(__file__).resolve().parents[2] / "shared" / "data"
                            / "medpix"))

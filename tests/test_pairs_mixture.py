@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mpma.data.image as image_module
+import mpma.data.pairs as pairs_module
 from mpma.config import Config, ConfigError, DataConfig, load_config
 from mpma.data.image import load_image, to_tensor
 from mpma.data.pairs import (
@@ -89,8 +89,8 @@ def test_augmentation_is_reproducible_across_instances(gray: Path) -> None:
 
 def test_cache_decodes_each_image_once_and_changes_no_output(gray: Path, monkeypatch) -> None:
     calls = []
-    original = image_module.load_image
-    monkeypatch.setattr(image_module, "load_image", lambda path: calls.append(path) or original(path))
+    original = pairs_module.load_image  # the name ManifestPairs decodes with
+    monkeypatch.setattr(pairs_module, "load_image", lambda path: calls.append(path) or original(path))
     cached = ManifestPairs(gray, "train", S, train=True, cache=2**20)
     uncached = ManifestPairs(gray, "train", S, train=True, cache=0)
     for epoch in range(3):
@@ -318,7 +318,7 @@ def test_single_manifest_training_is_augmented(micro_config, gray: Path) -> None
 
 
 def test_bad_sources_fail_naming_the_entry(micro_config, gray: Path, tmp_path: Path) -> None:
-    from mpma.data.prepare import prepare
+    from mpma.data.sources.prepare import prepare
     from mpma.pipelines.pretraining import build_pretrain_data
 
     missing = tmp_path / "nowhere.jsonl"

@@ -13,9 +13,9 @@ import pytest
 import fixtures_releases as fx
 from mpma.cli.data import main
 from mpma.data.image import load_image, to_tensor
-from mpma.data.prepare import PrepareError, prepare
+from mpma.data.sources.prepare import PrepareError, prepare
 from mpma.data.records import read_manifest
-from mpma.data.validate import check_image, validate_manifest
+from mpma.data.sources.validate import check_image, validate_manifest
 
 DATA = Path(os.environ.get("MPMA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -11,16 +11,12 @@ import pytest
 
 import fixtures_releases as fx
 from mpma.cli.data import main
-from mpma.data.adapters import ADAPTERS
-from mpma.data.adapters.vqa import SlakeAdapter
-from mpma.data.prepare import PrepareError, prepare
-from mpma.data.published import (
-    TOTAL,
-    Published,
-    compare,
-    describe_identity,
-)
-from mpma.data.published import test_set_identity as identity_of
+from mpma.data.sources.adapters import ADAPTERS
+from mpma.data.sources.adapters.vqa import SlakeAdapter
+from mpma.data.sources.identity import describe_identity
+from mpma.data.sources.identity import test_set_identity as identity_of
+from mpma.data.sources.prepare import PrepareError, prepare
+from mpma.data.sources.published import TOTAL, Published, compare
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import fixtures_releases as fx
-from mpma.data.prepare import prepare
+from mpma.data.sources.prepare import prepare
 from mpma.data.shards import (
     PackedDataset,
     ShardInfo,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mpma.cli import main
-from mpma.data.text import cached_tokenizer, load_tokenizer, read_corpus, tokenize, train_tokenizer
+from mpma.data.corpora import read_corpus
+from mpma.data.text import cached_tokenizer, load_tokenizer, tokenize, train_tokenizer
 
 REPORTS = [
     "Small nodule in the right upper zone.",

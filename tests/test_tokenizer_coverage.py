@@ -12,10 +12,9 @@ from test_text import REPORTS as TEXT_REPORTS
 
 from mpma.cli import main
 from mpma.config import ConfigError
+from mpma.data.corpora import CorpusError, corpus_texts
 from mpma.data.text import (
-    CorpusError,
     TokenizerCoverageWarning,
-    corpus_texts,
     coverage_warning,
     load_tokenizer,
     train_tokenizer,

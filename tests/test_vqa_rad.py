@@ -1,4 +1,4 @@
-"""Tests for mpma.data.vqa_rad on a synthetic layout and on the real release files."""
+"""Tests for mpma.data.sources.vqa_rad on a synthetic layout and on the real release files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mpma.data.vqa_rad import VQARadError, answer_vocabulary, load_vqa_rad
+from mpma.data.sources.vqa_rad import VQARadError, answer_vocabulary, load_vqa_rad
 
 # ../shared/data/vqa_rad next to the repository (see shared/data/README.md); overridable.
 REAL_ROOT = Path(os.environ.get(

@@ -59,7 +59,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from mpma.data.text import read_corpus, train_tokenizer
+    from mpma.data.corpora import read_corpus
+    from mpma.data.text import train_tokenizer
 
     texts = read_corpus(args.corpus)
     if not texts:
@@ -70,7 +71,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_coverage(args: argparse.Namespace) -> int:
-    from mpma.data.text import corpus_texts, load_tokenizer, unknown_token_rate
+    from mpma.data.corpora import corpus_texts
+    from mpma.data.text import load_tokenizer, unknown_token_rate
 
     folder = Path(args.tokenizer)
     tokenizer = load_tokenizer(folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder)  # or a run folder
@@ -105,7 +107,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mpma.pipelines.finetuning import evaluate_run
 
-    from mpma.data.published import describe_identity
+    from mpma.data.sources.identity import describe_identity
 
     metrics = evaluate_run(args.run, args.split)
     print(json.dumps(metrics, indent=2, default=float))
@@ -122,10 +124,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpma", description="MPMA medical vision-language pre-training")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_training_commands(commands) -> None:
+    """quickstart, pretrain, finetune, evaluate."""
     quick = commands.add_parser("quickstart", help="pre-train tiny on synthrad, fine-tune VQA + retrieval from it "
                                 "and from scratch, print one table (~14 minutes on 2 CPU cores)")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart); "
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     # validated against the task registry when the command runs (importing it here would slow --help)
     finetune.add_argument("task", help="the task, e.g. vqa, retrieval or img_cls (an unknown name lists every task "
                                        "registered in mpma.tasks)")
-    finetune.add_argument("--init", default="scratch",
-                          help="'scratch' or a pre-training run folder / checkpoint folder (default: scratch)")
+    finetune.add_argument("--init", default="scratch", help="'scratch', a pre-training run folder, one of its "
+                          "checkpoints/step_N folders, or a model folder (default: scratch)")
     finetune.add_argument("--data", help="synthrad (default), vqa-rad:PATH, or a manifest path")
     finetune.add_argument("--config", help="YAML file with fine-tuning settings (optional)")
     finetune.add_argument("--out", help="run folder (default: runs/<task>-<init>)")
@@ -160,9 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.set_defaults(func=cmd_evaluate)
 
-    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+
+def _add_data_commands(commands) -> None:
+    """data {prepare, validate, stats, synth}."""
     from mpma.cli.data import register as register_data_commands
 
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     register_data_commands(data)  # prepare, validate, stats
     synth = data.add_parser("synth", help="write synthrad images and JSONL manifests to a folder")
     synth.add_argument("--out", required=True)
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=64)
     synth.set_defaults(func=cmd_data_synth)
 
+
+def _add_tokenizer_commands(commands) -> None:
+    """tokenizer {train, coverage}."""
     tok = commands.add_parser("tokenizer", help="tokenizers").add_subparsers(dest="tokenizer_command", required=True)
     train = tok.add_parser("train", help="train a WordPiece tokenizer offline on a text file or JSONL manifest")
     train.add_argument("--corpus", required=True, help="text file (one text per line; 'ID<TAB>text' accepted) or JSONL")
@@ -189,11 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--top", type=int, default=20, help="unknown words to list (default: 20)")
     coverage.add_argument("--json", action="store_true", help="print the reports as JSON")
     coverage.set_defaults(func=cmd_tokenizer_coverage)
-    from mpma.cli.models import register as register_model_commands
 
-    register_model_commands(commands)  # convert, predict
+
+def build_parser() -> argparse.ArgumentParser:
+    from mpma.cli.models import register as register_model_commands
     from mpma.cli.viz import register as register_viz_commands
 
+    parser = argparse.ArgumentParser(prog="mpma", description="MPMA medical vision-language pre-training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(commands)
+    _add_data_commands(commands)
+    _add_tokenizer_commands(commands)
+    register_model_commands(commands)  # convert, predict
     register_viz_commands(commands)  # visualize, report
     return parser
 

@@ -17,7 +17,7 @@ class _PrepareHelp(argparse.RawDescriptionHelpFormatter):
     """Appends the datasets, their layouts and options to ``prepare --help`` when it is shown."""
 
     def format_help(self) -> str:
-        from mpma.data.adapters import ADAPTERS
+        from mpma.data.sources.adapters import ADAPTERS
 
         lines = ["", "datasets (options go as -o key=value):"]
         for name, cls in ADAPTERS.items():
@@ -33,8 +33,8 @@ class _PrepareHelp(argparse.RawDescriptionHelpFormatter):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mpma.data.adapters import ADAPTERS, LayoutError, parse_options
-    from mpma.data.prepare import PrepareError, prepare
+    from mpma.data.sources.adapters import ADAPTERS, LayoutError, parse_options
+    from mpma.data.sources.prepare import PrepareError, prepare
 
     if args.layout:
         cls = ADAPTERS.get(args.dataset)
@@ -42,7 +42,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"error: unknown dataset {args.dataset!r}; choose one of "
                   f"{', '.join(ADAPTERS)}", file=sys.stderr)
             return 2
-        from mpma.data.published import registry_lines
+        from mpma.data.sources.published import registry_lines
 
         print(f"{args.dataset}: {cls.source}\n{cls.layout}\n\n{textwrap.dedent(cls.__doc__ or '')}")
         print("published counts (every prepare run is compared with them):")
@@ -65,7 +65,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mpma.data.validate import validate_manifest
+    from mpma.data.sources.validate import validate_manifest
 
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     try:
@@ -107,7 +107,7 @@ def _format_stats(stats: dict) -> str:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from mpma.data.records import ManifestError
-    from mpma.data.validate import manifest_stats
+    from mpma.data.sources.validate import manifest_stats
 
     try:
         stats = manifest_stats(args.manifest, args.kind)

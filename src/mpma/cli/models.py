@@ -19,6 +19,11 @@ from pathlib import Path
 
 def register(commands) -> None:
     """Add ``convert`` and ``predict`` to the ``mpma`` sub-command parsers."""
+    _add_convert(commands)
+    _add_predict(commands)
+
+
+def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert", help="turn CLIP / BERT-family folders (or a run folder) into an mpma model folder",
         description="Build an mpma model folder (config.json, model.safetensors, tokenizer/, MODEL_CARD.md) from local "
@@ -38,6 +43,8 @@ def register(commands) -> None:
     convert.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     convert.set_defaults(func=cmd_convert)
 
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="run a saved model on images and texts").add_subparsers(
         dest="predict_command", required=True)
 

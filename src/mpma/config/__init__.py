@@ -2,13 +2,13 @@
 
 - :mod:`mpma.config.base`: the generic machinery (dict <-> dataclass with type checks that name the
   key, presets in ``mpma/presets/``, ``key.sub=value`` overrides, removed keys);
+- :mod:`mpma.config.errors`: :class:`ConfigError`, raised by all of them;
 - :mod:`mpma.config.pretrain`: :class:`Config`, the pre-training run, and its sections;
 - :mod:`mpma.config.finetune`: :class:`FinetuneConfig`, the fine-tuning run, and its sections.
 """
 
 from mpma.config.base import (
     PRESET_DIR,
-    ConfigError,
     RemovedConfigKeyWarning,
     config_from_dict,
     drop_removed_keys,
@@ -18,6 +18,7 @@ from mpma.config.base import (
     preset_names,
     removed_keys,
 )
+from mpma.config.errors import ConfigError
 from mpma.config.finetune import FinetuneConfig, HeadConfig, TaskDataConfig
 from mpma.config.pretrain import (
     Config,

@@ -24,12 +24,11 @@ from typing import Any
 
 import yaml
 
+from mpma.config.errors import ConfigError
+from mpma.config.pretrain import Config
+
 PRESET_DIR = Path(__file__).parent.parent / "presets"  # mpma/presets/, beside this package
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
 
 
 class RemovedConfigKeyWarning(UserWarning):
@@ -227,8 +226,6 @@ def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
 
 def _root(cls: type | None) -> type:
     if cls is None:
-        from mpma.config.pretrain import Config
-
         return Config
     return cls
 

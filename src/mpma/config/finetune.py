@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 from mpma.config.pretrain import OptimConfig, RunConfig
 
-# replaced by the task registry (mpma.tasks)
-
 
 @dataclass
 class TaskDataConfig:

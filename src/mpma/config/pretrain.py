@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mpma.config.base import ConfigError
+from mpma.config.errors import ConfigError
 
 
 @dataclass

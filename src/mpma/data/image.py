@@ -9,6 +9,7 @@ torch is imported inside the tensor functions.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -356,3 +357,19 @@ class ImageTransform:
             if self.hflip_prob > 0.0 and rng.random() < self.hflip_prob:
                 rgb = rgb[:, ::-1]
         return to_tensor(rgb, self.size, self.mean, self.std)
+
+
+def encode_packed(array: Any, size: int, quality: int = 90) -> bytes:
+    """JPEG bytes of a uint8 image whose shorter side is resized to ``size`` (never upscaled).
+
+    Grayscale stays single-channel (smaller and faster to decode); colour is RGB.
+    """
+    image = Image.fromarray(array if array.ndim == 2 else array[:, :, :3])
+    short = min(image.size)
+    if short > size:
+        scale = size / short
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

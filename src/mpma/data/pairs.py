@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, load_image, to_tensor
+from mpma.data.records import read_manifest, resolve_image
 from mpma.data.text import tokenize
 
 # Salts that keep the random streams of one (seed, epoch) apart from each other and from
@@ -39,8 +41,6 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
 def grayscale_to_tensor(image: np.ndarray, size: int, mean, std) -> torch.Tensor:
     """Fast path for generated images: (H, W) uint8 at the target size -> (3, H, W) normalised float."""
     if image.shape != (size, size):
-        from mpma.data.image import to_tensor
-
         return to_tensor(image, size, mean, std)
     x = torch.from_numpy(image).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -60,8 +60,6 @@ class SynthradPairs(Dataset):
     """
 
     def __init__(self, cases, image_size: int) -> None:
-        from mpma.data.image import CLIP_MEAN, CLIP_STD
-
         self.cases = cases
         self.image_size = image_size
         self.mean, self.std = CLIP_MEAN, CLIP_STD
@@ -174,9 +172,6 @@ class ManifestPairs(Dataset):
 
     def __init__(self, manifest: str | Path, split: str, image_size: int, *, train: bool = False,
                  seed: int = 0, cache: int | ByteBudget = 0) -> None:
-        from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageTransform
-        from mpma.data.records import read_manifest, resolve_image
-
         self.manifest = Path(manifest)
         records = [r for r in read_manifest(self.manifest, "pretrain") if r.split == split]
         if not records:
@@ -215,8 +210,6 @@ class ManifestPairs(Dataset):
         return image
 
     def _decode(self, index: int) -> np.ndarray:
-        from mpma.data.image import ImageError, load_image
-
         try:
             image = load_image(self.paths[index])
         except ImageError as error:

@@ -5,8 +5,10 @@ Layout written by ``mpma data prepare --pack`` (plain POSIX tar, readable with a
     <out>/shards/index.json            {"version", "kind", "image_size", "shards": [...]}
     <out>/shards/<split>-00000.tar     000000.json (the record) + 000000.jpg (its image), ...
 
-A shard is closed before it would exceed ``max_bytes`` and is renamed from ``*.tar.tmp`` only
-when complete, so a killed run never leaves a half shard that looks whole.
+Each image is stored as :func:`mpma.data.image.encode_packed` makes it (JPEG, shorter side resized to the packed
+size, never upscaled; ``mpma data prepare`` encodes in its image-check workers). A shard is
+closed before it would exceed ``max_bytes`` and is renamed from ``*.tar.tmp`` only when complete,
+so a killed run never leaves a half shard that looks whole.
 
 :class:`PackedDataset` streams the shards of one split with bounded memory (one open shard and
 a shuffle buffer of JPEG bytes). Each epoch it permutes the shard order (seeded by
@@ -28,6 +30,9 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset
+
+from mpma.data.image import ImageTransform
+from mpma.data.pairs import ManifestPairs
 
 INDEX = "index.json"
 FORMAT_VERSION = 1
@@ -233,8 +238,6 @@ class PackedDataset(IterableDataset):
                  train: bool = False, shuffle: bool = True, seed: int = 0,
                  buffer_size: int = 1000, rank: int | None = None,
                  world_size: int | None = None, repeat: bool = False) -> None:
-        from mpma.data.image import ImageTransform
-
         super().__init__()
         self.folder, self.info, shards = read_index(path)
         self.shards = [s for s in shards if s.split == split]
@@ -335,8 +338,6 @@ def open_pairs(path: str | os.PathLike[str], split: str, image_size: int, *, tra
     Raises:
         FileNotFoundError: Nothing usable at ``path`` (the message says what was looked for).
     """
-    from mpma.data.pairs import ManifestPairs
-
     path = Path(path)
     if path.is_dir() and is_packed(path):
         return PackedDataset(path, split, image_size, train=train, seed=seed, **packed)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mpma.eval.metrics import retrieval_metrics
+
 
 @torch.inference_mode()
 def embed_dataset(
@@ -45,8 +47,6 @@ def retrieval_report(
         keys: per-pair grouping keys; a retrieved item is a hit when its key equals the query's.
             None = only the paired item is relevant.
     """
-    from mpma.eval.metrics import retrieval_metrics
-
     similarity = (image_embed @ text_embed.t()).numpy()
     n = similarity.shape[0]
     relevant = np.eye(n, dtype=bool) if keys is None else relevance_from_keys(keys, keys)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from mpma.config import VisionConfig
+from mpma.models.vision import resize_position_embedding
 
 FORMATS = ("hf-clip", "openai-clip", "mpma")
 # Weight files looked for in a folder, in order of preference.
@@ -337,8 +338,6 @@ def convert_vision_state(
         elif key == "pos_embed":
             tensor = tensor.reshape(1, -1, tensor.shape[-1])
             if tensor.shape != wanted.shape and tensor.shape[-1] == wanted.shape[-1]:
-                from mpma.models.vision import resize_position_embedding
-
                 old = list(tensor.shape)
                 tensor = resize_position_embedding(tensor, math.isqrt(wanted.shape[1] - 1))
                 report.resized[key] = [old, list(tensor.shape)]

@@ -10,6 +10,7 @@ from torch import nn
 
 from mpma.config import DecoderConfig
 from mpma.models.layers import Block, init_weights
+from mpma.models.vision import resize_position_embedding, sincos_position_embedding
 
 
 class MLMHead(nn.Module):
@@ -57,8 +58,6 @@ class MIMDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=1e-6)
         self.pred = nn.Linear(config.width, patch_pixels)
-        from mpma.models.vision import sincos_position_embedding
-
         with torch.no_grad():
             self.pos_embed.copy_(sincos_position_embedding(int(math.isqrt(n_patches)), config.width))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -66,8 +65,6 @@ class MIMDecoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Args: tokens (B, 1+K, Din) with CLS first; ids_restore (B, N). Returns (B, N, P*P*C)."""
-        from mpma.models.vision import resize_position_embedding
-
         x = self.embed(tokens)
         batch, n_patches = ids_restore.shape
         n_masked = n_patches - (x.shape[1] - 1)

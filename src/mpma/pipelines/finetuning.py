@@ -23,8 +23,8 @@ import torch
 
 from mpma.config import Config, ConfigError, FinetuneConfig, config_from_dict, load_config
 from mpma.data.collate import ExampleList, ImageStore, TaskCollator
-from mpma.data.published import describe_identity, test_set_identity
 from mpma.data.sampling import EpochBatches, iterate_batches
+from mpma.data.sources.identity import describe_identity, test_set_identity
 from mpma.data.text import TokenizerCoverageWarning, cached_tokenizer, coverage_warning, load_tokenizer, unknown_token_rate
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed

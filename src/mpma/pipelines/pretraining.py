@@ -12,20 +12,29 @@ Run folder layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from mpma.config import Config, config_from_dict
+from mpma.config import Config, ConfigError, config_from_dict
+from mpma.data.corpora import corpus_texts
+from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, PairCollator, SynthradPairs, parse_data_spec
+from mpma.data.sampling import EpochBatches, iterate_batches
+from mpma.data.shards import open_pairs
+from mpma.data.synthrad import SynthRad
+from mpma.data.text import CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, cached_tokenizer, load_tokenizer
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.trainer import Trainer, parameter_groups
+from mpma.eval.retrieval import embed_dataset, retrieval_report
 from mpma.hub import is_model_folder, save_pretrained
 from mpma.hub.folder import pretrain_provenance
 from mpma.models.factory import create_model
 from mpma.tasks.pretrain import PretrainTask
+from mpma.viz.curves import write_run_curves
 
 
 SYNTHRAD_CACHE_BYTES = 256 * 2**20  # image bytes of rendered synthrad training cases kept in memory
@@ -47,10 +56,6 @@ def build_pretrain_data(config: Config) -> PretrainData:
     A mixture's held-out set is that of its first source with a 'val' (or 'validation') split
     (synthrad always has one); a packed folder cannot be mixed (it streams), pass its manifest.
     """
-    from mpma.config import ConfigError
-    from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, SynthradPairs, parse_data_spec
-    from mpma.data.shards import open_pairs
-
     data, size = config.data, config.vision.image_size
     budget = ByteBudget(data.image_cache_mb * 2**20)  # shared by every manifest source
 
@@ -58,8 +63,6 @@ def build_pretrain_data(config: Config) -> PretrainData:
         """(train, held-out or None, name) of one source."""
         name, path = parse_data_spec(spec)
         if name == "synthrad":
-            from mpma.data.synthrad import SynthRad
-
             common = dict(seed=data.seed, image_size=size, normal_fraction=data.normal_fraction)
             # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
             # so rendering is paid once per case.
@@ -118,14 +121,8 @@ def build_tokenizer(config: Config, data: PretrainData):
     Raises:
         FileNotFoundError / ConfigError: a missing or unreadable corpus, naming its entry.
     """
-    from mpma.config import ConfigError
-    from mpma.data.text import (CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, cached_tokenizer, corpus_texts,
-                                load_tokenizer)
-
     if config.text.tokenizer or config.text.init:  # a pre-trained text encoder brings its own tokenizer
         return load_tokenizer(config.text.tokenizer or config.text.init)
-    import hashlib
-
     name = data.name
     if name != "synthrad":
         name = "manifest-" + hashlib.sha1(name.encode()).hexdigest()[:12]
@@ -184,9 +181,6 @@ def load_run_config(run_dir: Path) -> Config:
 
 def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``."""
-    from mpma.data.pairs import PairCollator
-    from mpma.viz.curves import write_run_curves
-
     run_dir = Path(out_dir)
     if resume:  # the run's own config.json decides (``config`` may be None)
         if not (run_dir / "config.json").exists():
@@ -207,8 +201,6 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
                 build_tokenizer(config, data).save_pretrained(str(run_tokenizer))
             config.save(run_dir / "config.json")
         distributed.barrier()
-        from mpma.data.text import load_tokenizer
-
         tokenizer = load_tokenizer(run_tokenizer)
         task = build_task(config, tokenizer).to(env.device)
         model = task.model
@@ -254,8 +246,6 @@ def _batches(dataset, collate, config: Config, env, start: int):
     (iterable) stream restarts its shuffled shard stream and skips ``start`` batches."""
     from torch.utils.data import DataLoader, IterableDataset
 
-    from mpma.data.sampling import EpochBatches, iterate_batches
-
     if isinstance(dataset, IterableDataset):
         loader = DataLoader(dataset, batch_size=config.data.batch_size, collate_fn=collate,
                             num_workers=config.data.num_workers)
@@ -269,8 +259,6 @@ def _batches(dataset, collate, config: Config, env, start: int):
 
 def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Config, device) -> dict:
     """Zero-shot retrieval on held-out pairs; a hit is an item with the same grouping key."""
-    from mpma.eval.retrieval import embed_dataset, retrieval_report
-
     if not model.has_global_alignment:
         return {"skipped": "no GLA alignment head in this configuration (objectives.global_align=0)"}
     if data.held_out is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
@@ -153,10 +154,8 @@ def _load_task_modules() -> None:
     global _LOADED
     if _LOADED:
         return
-    import mpma.tasks as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's folder
+        importlib.import_module(f"{__package__}.{info.name}")
     _LOADED = True
 
 

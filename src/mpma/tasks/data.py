@@ -22,8 +22,8 @@ import numpy as np
 from mpma.config import TaskDataConfig
 from mpma.data.pairs import parse_data_spec
 from mpma.data.records import read_manifest, resolve_image
+from mpma.data.sources.vqa_rad import load_vqa_rad
 from mpma.data.synthrad import TEST_OFFSET, VAL_OFFSET, SynthRad
-from mpma.data.vqa_rad import load_vqa_rad
 from mpma.tasks.base import Task
 
 # synthrad downstream cases live far from the pre-training index range [0, train_size + eval_size).

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpma.data.published import describe_identity
 from mpma.data.records import normalize_answer
+from mpma.data.sources.identity import describe_identity
 from mpma.eval.metrics import scalar_items
 from mpma.viz.alignment import MAP_LABELS
 from mpma.viz.common import new_figure, save_figure

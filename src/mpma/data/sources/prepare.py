@@ -13,12 +13,13 @@ Output folder::
 
 A rerun into the same folder rewrites the manifest from scratch (no duplicated records), reuses
 the image cache and, with ``--pack``, keeps the complete shards of the interrupted run (same
-dataset, options and image size) and packs only the records not in them. A run without
-``--pack`` removes the ``shards/`` of an earlier packed run (they would no longer match).
+dataset, options and image size) and packs only the records not in them
+(:mod:`mpma.data.sources.resume`). A run without ``--pack`` removes the ``shards/`` of an earlier
+packed run (they would no longer match).
 
 Every run is compared with the counts the dataset's paper or release gives
-(:mod:`mpma.data.published`): the summary says per split "matches the published N" or how it
-differs and why (rejects by reason, records excluded by an option, a release that holds fewer
+(:mod:`mpma.data.sources.published`): the summary says per split "matches the published N" or how
+it differs and why (rejects by reason, records excluded by an option, a release that holds fewer
 entries); ``strict`` fails on any difference from a verified published count.
 """
 
@@ -34,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpma.data.adapters import LayoutError, make_adapter
-from mpma.data.published import Comparison, compare, summary_lines
 from mpma.data.records import record_to_dict, write_manifest
-from mpma.data.shards import INDEX, ShardInfo, ShardWriter, open_pairs, shard_records, write_index
-from mpma.data.validate import ImageCheck, Reject, check_images, record_problem
+from mpma.data.shards import ShardInfo, ShardWriter, shard_records, write_index
+from mpma.data.sources.adapters import LayoutError, make_adapter
+from mpma.data.sources.published import Comparison, compare, summary_lines
+from mpma.data.sources.resume import ImageCache, next_shard_writer, resume_shards, write_lines
+from mpma.data.sources.validate import ImageCheck, Reject, check_images, record_problem
 
-__all__ = ["PrepareError", "PrepareResult", "prepare", "open_pairs"]
-STATE = ".state.json"
+__all__ = ["PrepareError", "PrepareResult", "prepare"]
 
 
 class PrepareError(RuntimeError):
@@ -90,12 +91,6 @@ class PrepareResult:
         return "\n".join(lines)
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _relative(image: str, out: Path) -> str:
     """``image`` relative to ``out`` when they share a folder below the filesystem root."""
     try:
@@ -105,70 +100,6 @@ def _relative(image: str, out: Path) -> str:
     return image if common == Path(common.anchor) else os.path.relpath(image, out)
 
 
-class _ImageCache:
-    """Per-image check results of earlier runs, valid while the file's size and mtime match."""
-
-    def __init__(self, path: Path, fresh: bool) -> None:
-        self.path, self.entries = path, {}
-        if fresh:
-            path.unlink(missing_ok=True)
-        elif path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["path"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut by a kill
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("a", encoding="utf-8")
-
-    def get(self, path: str) -> ImageCheck | None:
-        entry = self.entries.get(path)
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return None
-        if entry is None or [entry["size"], entry["mtime_ns"]] != [stat.st_size, stat.st_mtime_ns]:
-            return None
-        return ImageCheck(path, entry["ok"], entry["reason"], entry["detail"])
-
-    def put(self, check: ImageCheck) -> None:
-        try:
-            stat = os.stat(check.path)
-        except OSError:
-            return
-        entry = {"path": check.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "ok": check.ok, "reason": check.reason, "detail": check.detail}
-        self.entries[check.path] = entry
-        self.handle.write(json.dumps(entry) + "\n")  # appended at once: survives a kill
-
-    def close(self) -> None:
-        """Close, rewriting the file with one line per image (the latest result)."""
-        self.handle.close()
-        _write_lines(self.path, [json.dumps(e) for e in self.entries.values()])
-
-
-def _resume_shards(folder: Path, state: dict[str, Any], candidate_ids: set[str]) -> dict[str, str]:
-    """Ids already in complete shards of a compatible earlier run (``{id: shard file}``).
-
-    Incompatible or stale shards (other options, or ids no longer produced) are deleted.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    for tmp in folder.glob("*.tar.tmp"):
-        tmp.unlink()
-    packed: dict[str, str] = {}
-    old = folder / STATE
-    if old.is_file() and json.loads(old.read_text(encoding="utf-8")) == state:
-        for shard in sorted(folder.glob("*.tar")):
-            packed.update({r["id"]: shard.name for r in shard_records(shard)})
-        if set(packed) <= candidate_ids:
-            return packed
-    for stale in [*folder.glob("*.tar"), folder / INDEX]:
-        stale.unlink(missing_ok=True)
-    (folder / STATE).write_text(json.dumps(state), encoding="utf-8")
-    return {}
-
-
 def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[str], *,
             options: dict[str, Any] | None = None, pack: bool = False, image_size: int = 256,
             strict: bool = False, workers: int | None = None, progress: bool = True,
@@ -176,7 +107,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
     """Turn an original release into a validated manifest (+ rejects, + optional shards).
 
     Args:
-        dataset: Adapter name (``mpma.data.adapters.ADAPTERS``).
+        dataset: Adapter name (``mpma.data.sources.adapters.ADAPTERS``).
         src: The release folder as downloaded.
         out: Output folder (created).
         options: Adapter options (``{"uncertain": "zeros"}``); strings are converted.
@@ -233,7 +164,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                                      for p in users if not os.path.isfile(p)}
     if strict and checks:
         _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
-    cache = _ImageCache(out / ".cache" / "images.jsonl", fresh)
+    cache = ImageCache(out / ".cache" / "images.jsonl", fresh)
     writers: dict[str, ShardWriter] = {}
     packed: dict[str, str] = {}
     if pack:
@@ -241,7 +172,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                  "image_size": image_size, "quality": quality, "version": 1}
         if fresh:
             shutil.rmtree(out / "shards", ignore_errors=True)
-        packed = _resume_shards(out / "shards", state, {r.id for r, _ in candidates})
+        packed = resume_shards(out / "shards", state, {r.id for r, _ in candidates})
     elif (out / "shards").is_dir():  # shards of an earlier --pack run would not match
         shutil.rmtree(out / "shards")
     todo = []
@@ -270,7 +201,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
                     if record.id in packed:
                         continue
                     if record.split not in writers:
-                        writers[record.split] = _writer(out / "shards", record.split, shard_mb)
+                        writers[record.split] = next_shard_writer(out / "shards", record.split, shard_mb)
                     packed[record.id] = "new"
                     row = record_to_dict(record)
                     row["image"] = _relative(record.image, out)
@@ -324,17 +255,11 @@ def _compare(adapter: Any, src: Path, result: PrepareResult, kept: Counter) -> l
 def _strict_published(out: Path, comparisons: list[Comparison]) -> None:
     """``--strict``: fail when a kept count differs from a verified published count."""
     if any(c.differences(verified_only=True) for c in comparisons):
-        _write_lines(out / "rejects.jsonl", [])
+        write_lines(out / "rejects.jsonl", [])
         lines = summary_lines(comparisons, registered=True)
         raise PrepareError("--strict: the kept records differ from the published counts, so this "
                            "is not the published dataset; no manifest was written.\n  "
                            + "\n  ".join(lines))
-
-
-def _writer(folder: Path, split: str, shard_mb: float) -> ShardWriter:
-    numbers = [int(p.name[len(split) + 1:-4]) for p in folder.glob(f"{split}-*.tar")
-               if p.name[len(split) + 1:-4].isdigit()]
-    return ShardWriter(folder, split, int(shard_mb * 2 ** 20), max(numbers, default=-1) + 1)
 
 
 def _image_rejects(candidates: list, users: dict[str, list[int]],
@@ -348,7 +273,7 @@ def _image_rejects(candidates: list, users: dict[str, list[int]],
 
 
 def _fail_strict(out: Path, rejects: list[Reject]) -> None:
-    _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
+    write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
     counts = Counter(r.reason for r in rejects)
     raise PrepareError(
         f"--strict: {len(rejects):,} record(s) rejected ("
@@ -383,7 +308,7 @@ def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: 
     result.rejected = Counter(r.reason for r in rejects)
     result.published = _compare(adapter, src, result, result.splits)
     write_manifest(out / "manifest.jsonl", kept)
-    _write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
+    write_lines(out / "rejects.jsonl", [r.to_json() for r in rejects])
     if pack:
         folder = out / "shards"
         shards, ids = [], []
@@ -406,5 +331,5 @@ def _finish(result: PrepareResult, adapter: Any, src: Path, out: Path, options: 
             "settings": _jsonable(adapter.settings(src)),
             "matches_published": result.matches_published,
             "published": [c.to_dict() for c in result.published]}
-    _write_lines(out / "prepare.json", [json.dumps(info, indent=1)])
+    write_lines(out / "prepare.json", [json.dumps(info, indent=1)])
     return result

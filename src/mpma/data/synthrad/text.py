@@ -12,8 +12,9 @@ sentence (which negates every kind). The tables :data:`SYNONYMS`,
 :data:`NEGATION_SENTENCES`, :data:`NORMAL_SENTENCES` and :data:`ZONE_WORDS` are
 exported so that tests and evaluations can check the wording.
 
-Image rendering, datasets and file export live in :mod:`mpma.data.synthrad`, which
-re-exports everything public from here (import from there).
+Image rendering lives in :mod:`mpma.data.synthrad.render`, cases, datasets and file export in
+:mod:`mpma.data.synthrad.dataset`; :mod:`mpma.data.synthrad` re-exports everything public from here
+(import from there).
 """
 
 from __future__ import annotations

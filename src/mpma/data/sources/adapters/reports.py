@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpma.data.adapters.base import (
+from mpma.data.sources.adapters.base import (
     Adapter,
     Item,
     LayoutError,
@@ -18,7 +18,7 @@ from mpma.data.adapters.base import (
     normalize_split,
     read_csv,
 )
-from mpma.data.published import TOTAL, Published
+from mpma.data.sources.published import TOTAL, Published
 
 # A section heading: an upper-case phrase at the start of a line followed by a colon.
 _HEADING = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]{2,40}):", re.MULTILINE)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError, hash_split
-from mpma.data.published import TOTAL, Published
 from mpma.data.records import PretrainRecord
+from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, hash_split
+from mpma.data.sources.published import TOTAL, Published
 
 DESCRIPTIONS = "Descriptions.json"
 CASES = "Case_topic.json"
@@ -33,7 +33,7 @@ class _Malformed(ValueError):
 def _text(value: Any, field: str) -> str:
     """``value`` with whitespace runs collapsed; ``None`` or a missing key gives ``""``.
 
-    As with :func:`~mpma.data.adapters.base.clean_text`, strings such as ``"None"``, ``"NA"``
+    As with :func:`~mpma.data.sources.adapters.base.clean_text`, strings such as ``"None"``, ``"NA"``
     or ``"0"`` are kept: in MedPix they are what the author typed, not a missing value; unlike
     it, a list or an object is an error.
 

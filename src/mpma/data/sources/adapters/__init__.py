@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError, hash_split, normalize_split
-from mpma.data.adapters.captions import MedicatAdapter, RocoAdapter
-from mpma.data.adapters.chest import ChestXray14Adapter, ChexpertAdapter, RsnaPneumoniaAdapter
-from mpma.data.adapters.generic import GenericAdapter, MelindaAdapter
-from mpma.data.adapters.medpix import MedpixAdapter
-from mpma.data.adapters.reports import IuXrayAdapter, MimicCxrAdapter
-from mpma.data.adapters.vqa import PathVqaAdapter, SlakeAdapter, VqaMed2019Adapter, VqaRadAdapter
+from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, hash_split, normalize_split
+from mpma.data.sources.adapters.captions import MedicatAdapter, RocoAdapter
+from mpma.data.sources.adapters.chest import ChestXray14Adapter, ChexpertAdapter, RsnaPneumoniaAdapter
+from mpma.data.sources.adapters.generic import GenericAdapter, MelindaAdapter
+from mpma.data.sources.adapters.medpix import MedpixAdapter
+from mpma.data.sources.adapters.reports import IuXrayAdapter, MimicCxrAdapter
+from mpma.data.sources.adapters.vqa import PathVqaAdapter, SlakeAdapter, VqaMed2019Adapter, VqaRadAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.name: cls for cls in (

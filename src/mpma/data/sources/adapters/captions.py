@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError, clean_text, hash_split, read_csv
-from mpma.data.published import Published
+from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, clean_text, hash_split, read_csv
+from mpma.data.sources.published import Published
 
 _ROCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 

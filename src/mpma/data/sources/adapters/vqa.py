@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError, is_missing
-from mpma.data.published import Published
 from mpma.data.records import normalize_answer
-from mpma.data.vqa_rad import SPLIT_FILES, VQARadError, load_vqa_rad
+from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, is_missing
+from mpma.data.sources.published import Published
+from mpma.data.sources.vqa_rad import SPLIT_FILES, VQARadError, load_vqa_rad
 
 
 def answer_text(value: object) -> str | None:
@@ -41,7 +41,7 @@ def find_file(src: Path, name: str, depth: int = 3) -> Path | None:
 
 @dataclass
 class VqaRadAdapter(Adapter):
-    """VQA-RAD (Lau et al. 2018), read with :func:`mpma.data.vqa_rad.load_vqa_rad`."""
+    """VQA-RAD (Lau et al. 2018), read with :func:`mpma.data.sources.vqa_rad.load_vqa_rad`."""
 
     name = "vqa-rad"
     kind = "vqa"

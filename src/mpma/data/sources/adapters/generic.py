@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpma.data.adapters.base import (
+from mpma.data.records import normalize_answer
+from mpma.data.sources.adapters.base import (
     Adapter,
     Item,
     LayoutError,
@@ -18,7 +19,8 @@ from mpma.data.adapters.base import (
     normalize_split,
     read_csv,
 )
-from mpma.data.published import TOTAL, Published
+from mpma.data.sources.adapters.vqa import yes_no_type
+from mpma.data.sources.published import TOTAL, Published
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"", "0", "0.0", "false", "no", "n", "f", "nan"}
@@ -157,9 +159,6 @@ class GenericAdapter(Adapter):
         if self.kind == "vqa":
             answer = _cell(row[self.answer_column])
             kind = _cell(row.get(self.answer_type_column)) if self.answer_type_column else ""
-            from mpma.data.adapters.vqa import yes_no_type
-            from mpma.data.records import normalize_answer
-
             missing = is_missing(row[self.answer_column])
             fields.update(question=row[self.question_column],
                           answer=None if missing else normalize_answer(answer),

@@ -9,7 +9,6 @@ in a process pool with a progress bar.
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os
@@ -19,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpma.data.records import ManifestKind, Record, record_from_dict, resolve_image
+from mpma.data.image import ImageError, encode_packed, load_image
+from mpma.data.records import ManifestKind, Record, read_manifest, record_from_dict, resolve_image
+from mpma.data.sources.adapters import make_adapter
 
 POOL_MIN_IMAGES = 32  # below this, decoding in-process is faster than starting workers
 
@@ -70,31 +71,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def encode_packed(array: Any, size: int, quality: int = 90) -> bytes:
-    """JPEG bytes of a uint8 image whose shorter side is resized to ``size`` (never upscaled).
-
-    Grayscale stays single-channel (smaller and faster to decode); colour is RGB.
-    """
-    from PIL import Image
-
-    image = Image.fromarray(array if array.ndim == 2 else array[:, :, :3])
-    short = min(image.size)
-    if short > size:
-        scale = size / short
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 def check_image(path: str, pack_size: int | None = None, quality: int = 90) -> ImageCheck:
     """Check that ``path`` is a decodable, non-empty image; optionally return packed bytes.
 
     Never raises for a bad file: the problem is described in the result.
     """
-    from mpma.data.image import ImageError, load_image
-
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -199,8 +180,6 @@ def _prepared_labels(manifest: Path) -> tuple[str, ...] | None:
     info = manifest.parent / "prepare.json"
     if not info.is_file():
         return None
-    from mpma.data.adapters import make_adapter
-
     data = json.loads(info.read_text(encoding="utf-8"))
     try:
         return make_adapter(data["dataset"], data.get("user_options")).label_set()
@@ -302,8 +281,6 @@ def manifest_stats(manifest: str | os.PathLike[str], kind: ManifestKind | None =
     """Counts of a manifest: records per split, text lengths in words, answer types and answers
     (vqa), label frequencies (classification). Reads with :func:`~mpma.data.records.read_manifest`.
     """
-    from mpma.data.records import read_manifest
-
     kind = kind or infer_kind(manifest)
     records = read_manifest(manifest, kind)
     stats: dict[str, Any] = {"manifest": str(manifest), "kind": kind, "records": len(records),

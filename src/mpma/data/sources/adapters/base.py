@@ -5,7 +5,7 @@ An adapter reads ONE original release layout and yields :class:`Item` objects in
 An item is either a candidate record (``record`` set) or a parse-time reject (``reason`` set:
 empty text, malformed row, unknown label, ...) or a record excluded on purpose by an option
 (``excluded=True``, e.g. a Chinese SLAKE question). Adapters never decode images: image checks,
-id uniqueness, rejects and packing happen in :mod:`mpma.data.prepare`.
+id uniqueness, rejects and packing happen in :mod:`mpma.data.sources.prepare`.
 
 Blank means missing: only a missing field, ``null`` or an empty / whitespace-only string is blank.
 "None", "null", "NA", "0", "no" and numbers are values (SLAKE's answer to "What diseases are
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mpma.data.published import Published
 from mpma.data.records import (
     ClassificationRecord,
     ManifestKind,
@@ -33,6 +32,7 @@ from mpma.data.records import (
     Record,
     VQARecord,
 )
+from mpma.data.sources.published import Published
 
 # Split names of every manifest; release-specific names are mapped onto these.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -161,7 +161,7 @@ class Adapter:
         source: Where to obtain the release and its license (one line, for ``--help``).
         labels: Closed label vocabulary of a classification dataset (``None``: open).
         published: Record counts of the dataset's paper / release README and when they hold
-            (:class:`~mpma.data.published.Published`); ``prepare`` compares every run with them.
+            (:class:`~mpma.data.sources.published.Published`); ``prepare`` compares every run with them.
     """
 
     name: ClassVar[str] = ""

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpma.data.adapters.base import Adapter, Item, LayoutError, first_existing, hash_split, read_csv
-from mpma.data.published import TOTAL, Published
+from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, first_existing, hash_split, read_csv
+from mpma.data.sources.published import TOTAL, Published
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
