@@ -103,12 +103,13 @@ def _vqa_examples(records) -> list[dict]:
 
 
 def vqa_rad_task_data(root: str, config: TaskDataConfig) -> TaskData:
-    """VQA-RAD's MEVF split (train 3,064 / test 451); validation held out of train by question (seeded)."""
+    """VQA-RAD's MEVF split (train 3,064 / test 451); validation: ``data.val_fraction`` of the train
+    *images* with all their questions (seeded), so no validation image is seen in training."""
     records = load_vqa_rad(root)
     train = _vqa_examples(records["train"])
-    train, val = held_out_split(train, config.val_fraction, config.seed)
+    train, val = held_out_split(train, config.val_fraction, config.seed, group_key="group")
     return TaskData({"train": train, "val": val, "test": _vqa_examples(records["test"])},
-                    notes={"source": f"vqa-rad:{root}", "validation": f"{config.val_fraction:.0%} of train, seeded"})
+                    notes={"source": f"vqa-rad:{root}", "validation": f"{config.val_fraction:.0%} of the train images, seeded"})
 
 
 def manifest_task_data(task: Task, path: str, config: TaskDataConfig) -> TaskData:
@@ -131,7 +132,9 @@ def manifest_task_data(task: Task, path: str, config: TaskDataConfig) -> TaskDat
     if "train" not in by_split or "test" not in by_split:
         raise ValueError(f"{manifest}: needs 'train' and 'test' splits, found {sorted(by_split)}")
     if "val" not in by_split:
-        by_split["train"], by_split["val"] = held_out_split(by_split["train"], config.val_fraction, config.seed)
+        # questions about one image stay together: a validation image is never seen in training
+        group = "group" if kind == "vqa" else None
+        by_split["train"], by_split["val"] = held_out_split(by_split["train"], config.val_fraction, config.seed, group)
     names = sorted({label for examples in by_split.values() for e in examples for label in e.get("labels", ())})
     multi = any(len(e.get("labels", ())) != 1 for e in by_split["train"])
     return TaskData(dict(by_split), names, multi_label=multi, notes={"source": str(manifest)})
