@@ -334,7 +334,7 @@ def test_bad_sources_fail_naming_the_entry(micro_config, gray: Path, tmp_path: P
     with pytest.raises(ConfigError, match=r"data.sources\[0\] .*broken.jsonl:1: invalid pretrain record"):
         build_pretrain_data(_config(micro_config, f"{broken}@1"))
     # a packed folder streams: it cannot be mixed
-    import fixtures_releases as fx
+    from tests import fixtures_releases as fx
 
     src = tmp_path / "src"
     for i in range(4):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import fixtures_releases as fx
+from tests import fixtures_releases as fx
 from mpma.data.sources.prepare import prepare
 from mpma.data.shards import (
     PackedDataset,

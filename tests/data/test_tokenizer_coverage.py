@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_text import REPORTS as TEXT_REPORTS
 
 from mpma.cli import main
 from mpma.config import ConfigError
@@ -20,6 +19,7 @@ from mpma.data.text import (
     train_tokenizer,
     unknown_token_rate,
 )
+from tests.data.test_text import REPORTS as TEXT_REPORTS
 
 REPORTS = TEXT_REPORTS[:50]  # the five reports of test_text, ten times each
 # A WordPiece tokenizer spells any word whose characters it has seen, and every printable ASCII

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_medpix import medpix_release
 
 from mpma.cli import main
+from tests.data.sources.test_medpix import medpix_release
 
 # the micro model on the tiny_real preset (32 px, patch 8)
 MICRO_REAL = [

@@ -123,42 +123,8 @@ def unknown_token_rate(tokenizer, texts: Iterable[str], top_k: int = 20) -> dict
         frequent first, words as the tokenizer normalises them (lower-cased for an uncased one).
     """
     texts = [t for t in texts if isinstance(t, str)]
-    unk_id = tokenizer.unk_token_id
-    unknown: Counter[str] = Counter()
-    tokens = unk_tokens = words = texts_with_unk = 0
-    if getattr(tokenizer, "is_fast", False):
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: never touch its truncation
-        backend.no_truncation()
-        backend.no_padding()
-        normalize = backend.normalizer.normalize_str if backend.normalizer is not None else (lambda w: w)
-        for start in range(0, len(texts), 2048):
-            chunk = texts[start:start + 2048]
-            for text, encoding in zip(chunk, backend.encode_batch(chunk, add_special_tokens=False)):
-                ids = encoding.ids
-                tokens += len(ids)
-                words += len({w for w in encoding.word_ids if w is not None})
-                hits = [i for i, token in enumerate(ids) if token == unk_id] if unk_id is not None else []
-                if hits:
-                    texts_with_unk += 1
-                    unk_tokens += len(hits)
-                    for i in hits:
-                        begin, end = encoding.offsets[i]
-                        unknown[normalize(text[begin:end])] += 1
-    else:
-        for text in texts:
-            hit = False
-            for word in text.split():
-                ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-                words += 1
-                tokens += len(ids)
-                n = ids.count(unk_id) if unk_id is not None else 0
-                if n:
-                    hit = True
-                    unk_tokens += n
-                    unknown[word.lower() if getattr(tokenizer, "do_lower_case", False) else word] += n
-            texts_with_unk += hit
+    count = _count_unknown_fast if getattr(tokenizer, "is_fast", False) else _count_unknown_slow
+    tokens, unk_tokens, words, texts_with_unk, unknown = count(tokenizer, texts)
     return {
         "texts": len(texts),
         "texts_with_unk": texts_with_unk,
@@ -170,6 +136,57 @@ def unknown_token_rate(tokenizer, texts: Iterable[str], top_k: int = 20) -> dict
         "distinct_unknown_words": len(unknown),
         "top_unknown_words": sorted(unknown.items(), key=lambda item: (-item[1], item[0]))[:top_k],
     }
+
+
+def _count_unknown_fast(tokenizer, texts: list[str]) -> tuple[int, int, int, int, Counter[str]]:
+    """(tokens, unk_tokens, words, texts_with_unk, unknown word counts) of ``texts`` under a fast
+    tokenizer: whole texts encoded by a copy of its backend (no truncation, padding or special tokens)
+    in chunks of 2048; each [UNK]'s word is read back from its character offsets, normalised."""
+    from tokenizers import Tokenizer
+
+    unk_id = tokenizer.unk_token_id
+    unknown: Counter[str] = Counter()
+    tokens = unk_tokens = words = texts_with_unk = 0
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: never touch its truncation
+    backend.no_truncation()
+    backend.no_padding()
+    normalize = backend.normalizer.normalize_str if backend.normalizer is not None else (lambda w: w)
+    for start in range(0, len(texts), 2048):
+        chunk = texts[start:start + 2048]
+        for text, encoding in zip(chunk, backend.encode_batch(chunk, add_special_tokens=False)):
+            ids = encoding.ids
+            tokens += len(ids)
+            words += len({w for w in encoding.word_ids if w is not None})
+            hits = [i for i, token in enumerate(ids) if token == unk_id] if unk_id is not None else []
+            if hits:
+                texts_with_unk += 1
+                unk_tokens += len(hits)
+                for i in hits:
+                    begin, end = encoding.offsets[i]
+                    unknown[normalize(text[begin:end])] += 1
+    return tokens, unk_tokens, words, texts_with_unk, unknown
+
+
+def _count_unknown_slow(tokenizer, texts: list[str]) -> tuple[int, int, int, int, Counter[str]]:
+    """(tokens, unk_tokens, words, texts_with_unk, unknown word counts) of ``texts`` under a slow
+    tokenizer: each whitespace-separated word tokenised alone, without special tokens; an unknown
+    word is lower-cased when the tokenizer is."""
+    unk_id = tokenizer.unk_token_id
+    unknown: Counter[str] = Counter()
+    tokens = unk_tokens = words = texts_with_unk = 0
+    for text in texts:
+        hit = False
+        for word in text.split():
+            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+            words += 1
+            tokens += len(ids)
+            n = ids.count(unk_id) if unk_id is not None else 0
+            if n:
+                hit = True
+                unk_tokens += n
+                unknown[word.lower() if getattr(tokenizer, "do_lower_case", False) else word] += n
+        texts_with_unk += hit
+    return tokens, unk_tokens, words, texts_with_unk, unknown
 
 
 def coverage_warning(report: dict, what: str, threshold: float = COVERAGE_WARN_RATE) -> str | None:

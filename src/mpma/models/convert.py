@@ -28,76 +28,23 @@ import json
 import math
 import re
 import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from mpma.config import VisionConfig
+from mpma.models.clip_keys import IGNORED_KEYS, fetch_source_tensor, target_key_map
+from mpma.models.conversion_report import ConversionError, ConversionReport
 from mpma.models.vision import resize_position_embedding
 
 FORMATS = ("hf-clip", "openai-clip", "mpma")
 # Weight files looked for in a folder, in order of preference.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "open_clip_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "open_clip_pytorch_model.bin")
-# Source keys that carry no weights of the vision encoder and are dropped without complaint.
-_IGNORED = {"hf-clip": ("embeddings.position_ids",), "openai-clip": ("proj", "attn_pool"), "mpma": ()}
 
 
 class UnsafeCheckpointError(ValueError):
     """A weights file would need to unpickle arbitrary objects (code) to load; it is refused."""
-
-
-class ConversionError(ValueError):
-    """The source weights do not fit the target ViT; the message lists the keys or settings."""
-
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert_vision_state` did with every key.
-
-    mapped: target key -> source key(s) it was built from.
-    resized: target key -> [source shape, target shape] (position embeddings interpolated).
-    zero_filled: target keys the source has no counterpart for, set to zero (CLIP's patch conv has no bias).
-    unmapped: source keys of the vision tower not used (an error unless ``strict=False``).
-    ignored: source keys outside the vision tower (text tower, projections, logit scale) or known
-        to be irrelevant (position_ids buffer, CLIP's output projection).
-    missing: target keys nothing was loaded into (an error unless ``strict=False``).
-    notes: settings inferred or checked (heads, activation, interpolation).
-    """
-
-    source: str
-    format: str
-    prefix: str = ""
-    mapped: dict[str, list[str]] = field(default_factory=dict)
-    resized: dict[str, list[list[int]]] = field(default_factory=dict)
-    zero_filled: list[str] = field(default_factory=list)
-    unmapped: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.unmapped and not self.missing
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """A few human-readable lines (ignored keys are counted, not listed)."""
-        lines = [f"vision weights from {self.source} ({self.format}{', prefix ' + repr(self.prefix) if self.prefix else ''}): "
-                 f"{len(self.mapped)} tensors mapped, {len(self.ignored)} source keys outside the vision encoder ignored"]
-        for key, (old, new) in self.resized.items():
-            lines.append(f"  resized {key}: {old} -> {new} (bicubic)")
-        if self.zero_filled:
-            lines.append(f"  zero-filled (no counterpart in the source): {', '.join(self.zero_filled)}")
-        if self.unmapped:
-            lines.append(f"  UNMAPPED source keys: {', '.join(self.unmapped)}")
-        if self.missing:
-            lines.append(f"  MISSING target keys: {', '.join(self.missing)}")
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -247,51 +194,6 @@ def clip_vision_settings(state: dict[str, torch.Tensor], config: dict | None = N
     return settings
 
 
-def _hf_map(depth: int) -> dict[str, list[str]]:
-    mapping = {"cls_token": ["embeddings.class_embedding"], "patch_embed.weight": ["embeddings.patch_embedding.weight"],
-               "pos_embed": ["embeddings.position_embedding.weight"]}
-    for part in ("weight", "bias"):
-        mapping[f"norm_pre.{part}"] = [f"pre_layrnorm.{part}"]
-        mapping[f"norm.{part}"] = [f"post_layernorm.{part}"]
-        for i in range(depth):
-            src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
-            mapping[dst + f"norm1.{part}"] = [src + f"layer_norm1.{part}"]
-            mapping[dst + f"norm2.{part}"] = [src + f"layer_norm2.{part}"]
-            mapping[dst + f"attn.q.{part}"] = [src + f"self_attn.q_proj.{part}"]
-            mapping[dst + f"attn.kv.{part}"] = [src + f"self_attn.k_proj.{part}", src + f"self_attn.v_proj.{part}"]
-            mapping[dst + f"attn.proj.{part}"] = [src + f"self_attn.out_proj.{part}"]
-            mapping[dst + f"mlp.fc1.{part}"] = [src + f"mlp.fc1.{part}"]
-            mapping[dst + f"mlp.fc2.{part}"] = [src + f"mlp.fc2.{part}"]
-    return mapping
-
-
-def _openai_map(depth: int) -> dict[str, list[str]]:
-    mapping = {"cls_token": ["class_embedding"], "patch_embed.weight": ["conv1.weight"], "pos_embed": ["positional_embedding"]}
-    for part in ("weight", "bias"):
-        mapping[f"norm_pre.{part}"] = [f"ln_pre.{part}"]
-        mapping[f"norm.{part}"] = [f"ln_post.{part}"]
-        for i in range(depth):
-            src, dst = f"transformer.resblocks.{i}.", f"blocks.{i}."
-            mapping[dst + f"norm1.{part}"] = [src + f"ln_1.{part}"]
-            mapping[dst + f"norm2.{part}"] = [src + f"ln_2.{part}"]
-            # in_proj packs [q; k; v] along dim 0; mpma's Attention has q and a packed [k; v].
-            mapping[dst + f"attn.q.{part}"] = [src + f"attn.in_proj_{part}:q"]
-            mapping[dst + f"attn.kv.{part}"] = [src + f"attn.in_proj_{part}:kv"]
-            mapping[dst + f"attn.proj.{part}"] = [src + f"attn.out_proj.{part}"]
-            mapping[dst + f"mlp.fc1.{part}"] = [src + f"mlp.c_fc.{part}"]
-            mapping[dst + f"mlp.fc2.{part}"] = [src + f"mlp.c_proj.{part}"]
-    return mapping
-
-
-def _fetch(sub: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
-    key, _, part = name.partition(":")
-    tensor = sub.get(key)
-    if tensor is None or not part:
-        return tensor
-    width = tensor.shape[0] // 3
-    return tensor[:width] if part == "q" else tensor[width:]
-
-
 def convert_vision_state(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], source: str = "<state dict>",
     config: dict | None = None, strict: bool = True,
@@ -313,43 +215,67 @@ def convert_vision_state(
     report = ConversionReport(source=source, format=fmt, prefix=prefix)
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     report.ignored = sorted(k for k in state if not k.startswith(prefix))
-    if fmt == "mpma":
-        mapping = {key: [key] for key in target}
-    else:
-        depth = 1 + max((int(m.group(1)) for k in target if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
-        mapping = (_hf_map if fmt == "hf-clip" else _openai_map)(depth)
+    out, used, errors = _map_target_keys(sub, target, target_key_map(fmt, target), report)
+    for key in sorted(set(sub) - used):
+        (report.ignored if key.startswith(IGNORED_KEYS[fmt]) else report.unmapped).append(prefix + key)
+    report.ignored.sort()
+    _check_settings(report, fmt, state, config, target)
+    _raise_or_note_problems(report, errors, source, strict)
+    return out, report
+
+
+def _map_target_keys(
+    sub: dict[str, torch.Tensor], target: dict[str, torch.Tensor], mapping: dict[str, list[str]],
+    report: ConversionReport,
+) -> tuple[dict[str, torch.Tensor], set[str], list[str]]:
+    """Build every key of ``target`` from the (prefix-stripped) source tensors ``sub`` via ``mapping``.
+
+    Records mapped, resized, zero-filled and missing keys in ``report``.
+
+    Returns:
+        (converted tensors of the target's shapes and dtypes, the source keys used, shape-mismatch errors).
+    """
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     errors: list[str] = []
     for key, wanted in target.items():
         names = mapping.get(key)
-        pieces = [_fetch(sub, name) for name in names] if names else [None]
+        pieces = [fetch_source_tensor(sub, name) for name in names] if names else [None]
         if any(p is None for p in pieces):
-            if key == "patch_embed.bias" and fmt != "mpma":
+            if key == "patch_embed.bias" and report.format != "mpma":
                 out[key] = torch.zeros_like(wanted)
                 report.zero_filled.append(key)
             else:
                 report.missing.append(key)
             continue
         used.update(name.partition(":")[0] for name in names)
-        tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        if key == "cls_token":
-            tensor = tensor.reshape(1, 1, -1)
-        elif key == "pos_embed":
-            tensor = tensor.reshape(1, -1, tensor.shape[-1])
-            if tensor.shape != wanted.shape and tensor.shape[-1] == wanted.shape[-1]:
-                old = list(tensor.shape)
-                tensor = resize_position_embedding(tensor, math.isqrt(wanted.shape[1] - 1))
-                report.resized[key] = [old, list(tensor.shape)]
+        tensor = _fit_tensor(key, pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0), wanted, report)
         if tensor.shape != wanted.shape:
             errors.append(f"{key}: source {'+'.join(names)} has shape {list(tensor.shape)}, the model expects {list(wanted.shape)}")
             continue
         out[key] = tensor.to(wanted.dtype).contiguous()
-        report.mapped[key] = [prefix + name for name in names]
-    for key in sorted(set(sub) - used):
-        (report.ignored if key.startswith(_IGNORED[fmt]) else report.unmapped).append(prefix + key)
-    report.ignored.sort()
-    _check_settings(report, fmt, state, config, target)
+        report.mapped[key] = [report.prefix + name for name in names]
+    return out, used, errors
+
+
+def _fit_tensor(key: str, tensor: torch.Tensor, wanted: torch.Tensor, report: ConversionReport) -> torch.Tensor:
+    """Reshape a source tensor to mpma's layout for ``key``: ``cls_token`` [W] -> [1, 1, W];
+    ``pos_embed`` [N, W] -> [1, N, W], interpolated to ``wanted``'s grid [1, 1 + G*G, W] when the
+    widths agree but the lengths do not (noted in ``report.resized``). Other keys pass unchanged."""
+    if key == "cls_token":
+        tensor = tensor.reshape(1, 1, -1)
+    elif key == "pos_embed":
+        tensor = tensor.reshape(1, -1, tensor.shape[-1])
+        if tensor.shape != wanted.shape and tensor.shape[-1] == wanted.shape[-1]:
+            old = list(tensor.shape)
+            tensor = resize_position_embedding(tensor, math.isqrt(wanted.shape[1] - 1))
+            report.resized[key] = [old, list(tensor.shape)]
+    return tensor
+
+
+def _raise_or_note_problems(report: ConversionReport, errors: list[str], source: str, strict: bool) -> None:
+    """With ``strict``, raise :class:`ConversionError` listing shape errors, MISMATCH notes, unmapped and
+    missing keys, if any; otherwise add the shape errors to ``report.notes``."""
     if strict and (errors or report.unmapped or report.missing or any(n.startswith("MISMATCH") for n in report.notes)):
         problems = errors + [n for n in report.notes if n.startswith("MISMATCH")]
         if report.unmapped:
@@ -359,7 +285,6 @@ def convert_vision_state(
         raise ConversionError(f"cannot load vision weights from {source}:\n  " + "\n  ".join(problems))
     if errors:
         report.notes += [f"shape mismatch, kept initial value: {e}" for e in errors]
-    return out, report
 
 
 def _check_settings(report: ConversionReport, fmt: str, state, config: dict | None, target) -> None:

@@ -16,7 +16,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from mpma.config import Config, TextConfig
-from mpma.models.convert import ConversionReport, load_vision_weights
+from mpma.models.conversion_report import ConversionReport
+from mpma.models.convert import load_vision_weights
 from mpma.models.mpma import MPMAModel
 from mpma.models.text import TextEncoder
 

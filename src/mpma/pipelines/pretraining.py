@@ -56,61 +56,79 @@ def build_pretrain_data(config: Config) -> PretrainData:
     A mixture's held-out set is that of its first source with a 'val' (or 'validation') split
     (synthrad always has one); a packed folder cannot be mixed (it streams), pass its manifest.
     """
-    data, size = config.data, config.vision.image_size
+    data = config.data
     budget = ByteBudget(data.image_cache_mb * 2**20)  # shared by every manifest source
-
-    def open_source(spec: str) -> tuple:
-        """(train, held-out or None, name) of one source."""
-        name, path = parse_data_spec(spec)
-        if name == "synthrad":
-            common = dict(seed=data.seed, image_size=size, normal_fraction=data.normal_fraction)
-            # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
-            # so rendering is paid once per case.
-            keep_all = -1 if data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
-            train = SynthRad(data.train_size, offset=0, cache_size=keep_all, **common)
-            held_out = SynthRad(config.run.eval_size, offset=data.train_size, **common)
-            return SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad"
-        source = Path(path)
-        train = open_pairs(source, "train", size, train=True, seed=data.seed, cache=budget, repeat=True)
-        held_out = None
-        for split in ("val", "validation"):
-            try:
-                held_out = open_pairs(source, split, size)
-                break
-            except ValueError:
-                continue
-        if held_out is not None and not isinstance(held_out, ManifestPairs):
-            held_out = None  # a packed validation stream: the retrieval check reads map-style data only
-        return train, held_out, f"manifest-{source.resolve()}"
-
     if data.sources is None:
-        train, held_out, name = open_source(data.dataset)
+        train, held_out, name = _open_source(config, data.dataset, budget)
     else:
-        trains, names, held_out = [], [], None
-        for i, (spec, weight) in enumerate(data.parsed_sources()):
-            where = f"data.sources[{i}] {data.sources[i]!r}"
-            try:
-                train, held, name = open_source(spec)
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"{where}: {error}") from None
-            except ValueError as error:  # ManifestError, a missing split, ...
-                raise ConfigError(f"{where}: {error}") from None
-            if not isinstance(train, ManifestPairs | SynthradPairs):
-                raise ConfigError(f"{where}: a packed folder streams its shards and cannot be mixed; "
-                                  "pass its manifest.jsonl instead")
-            if name == "synthrad":  # its texts depend on these: the tokenizer cache must tell them apart
-                name = f"synthrad-s{data.seed}-n{data.train_size}-f{data.normal_fraction:g}"
-            trains.append(train)
-            names.append(f"{name}@{weight:g}")
-            held_out = held_out if held_out is not None else held
-        weights = [weight for _, weight in data.parsed_sources()]
-        train = MixturePairs(trains, weights, length=data.mixture_size or None, seed=data.seed, names=names)
-        name = "mixture:" + "+".join(names)
+        train, held_out, name = _open_mixture(config, budget)
     if data.num_workers > 0:  # workers are forked each epoch: fill the cache here, where it persists
         for dataset in getattr(train, "sources", [train]):
             if isinstance(dataset, ManifestPairs):
                 dataset.fill_cache(threads=data.num_workers)
     return PretrainData(train, held_out, name)
+
+
+def _open_source(config: Config, spec: str, budget: ByteBudget) -> tuple:
+    """(train, held-out or None, name) of one source: synthrad, or a manifest / packed folder whose
+    training images share the memory ``budget``."""
+    data, size = config.data, config.vision.image_size
+    name, path = parse_data_spec(spec)
+    if name == "synthrad":
+        return _open_synthrad(config)
+    source = Path(path)
+    train = open_pairs(source, "train", size, train=True, seed=data.seed, cache=budget, repeat=True)
+    held_out = None
+    for split in ("val", "validation"):
+        try:
+            held_out = open_pairs(source, split, size)
+            break
+        except ValueError:
+            continue
+    if held_out is not None and not isinstance(held_out, ManifestPairs):
+        held_out = None  # a packed validation stream: the retrieval check reads map-style data only
+    return train, held_out, f"manifest-{source.resolve()}"
+
+
+def _open_synthrad(config: Config) -> tuple:
+    """(train, held-out, "synthrad"): ``data.train_size`` synthrad pairs and the next ``run.eval_size``."""
+    data, size = config.data, config.vision.image_size
+    common = dict(seed=data.seed, image_size=size, normal_fraction=data.normal_fraction)
+    # Keep rendered cases when they fit in SYNTHRAD_CACHE_BYTES: a default run draws each case ~2x,
+    # so rendering is paid once per case.
+    keep_all = -1 if data.train_size * size * size <= SYNTHRAD_CACHE_BYTES else 0
+    train = SynthRad(data.train_size, offset=0, cache_size=keep_all, **common)
+    held_out = SynthRad(config.run.eval_size, offset=data.train_size, **common)
+    return SynthradPairs(train, size), SynthradPairs(held_out, size), "synthrad"
+
+
+def _open_mixture(config: Config, budget: ByteBudget) -> tuple:
+    """(MixturePairs of ``data.sources``, the first source's held-out set or None, "mixture:..." name).
+
+    Raises:
+        FileNotFoundError / ConfigError: a source that cannot be opened or mixed, naming its entry.
+    """
+    data = config.data
+    trains, names, held_out = [], [], None
+    for i, (spec, weight) in enumerate(data.parsed_sources()):
+        where = f"data.sources[{i}] {data.sources[i]!r}"
+        try:
+            train, held, name = _open_source(config, spec, budget)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{where}: {error}") from None
+        except ValueError as error:  # ManifestError, a missing split, ...
+            raise ConfigError(f"{where}: {error}") from None
+        if not isinstance(train, ManifestPairs | SynthradPairs):
+            raise ConfigError(f"{where}: a packed folder streams its shards and cannot be mixed; "
+                              "pass its manifest.jsonl instead")
+        if name == "synthrad":  # its texts depend on these: the tokenizer cache must tell them apart
+            name = f"synthrad-s{data.seed}-n{data.train_size}-f{data.normal_fraction:g}"
+        trains.append(train)
+        names.append(f"{name}@{weight:g}")
+        held_out = held_out if held_out is not None else held
+    weights = [weight for _, weight in data.parsed_sources()]
+    train = MixturePairs(trains, weights, length=data.mixture_size or None, seed=data.seed, names=names)
+    return train, held_out, "mixture:" + "+".join(names)
 
 
 def build_tokenizer(config: Config, data: PretrainData):
@@ -203,17 +221,7 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         distributed.barrier()
         tokenizer = load_tokenizer(run_tokenizer)
         task = build_task(config, tokenizer).to(env.device)
-        model = task.model
-        groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
-                                  {f"model.{n}" for n in model.no_weight_decay()})
-        # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
-        # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
-        provenance = {"pretrain": pretrain_provenance(config, None)}
-        trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
-                          on_checkpoint=lambda step: write_run_curves(run_dir),
-                          find_unused_parameters=model.itm_head is None, weights_module=model,
-                          write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
-                                                                     config=config))
+        trainer = _make_trainer(task, tokenizer, config, run_dir, env)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             refuse_legacy_checkpoint(run_dir, latest)
@@ -224,21 +232,45 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         started = time.perf_counter()
         trainer.fit(lambda start: _batches(data.train, collate, config, env, start), progress)
         train_seconds = time.perf_counter() - started
-        summary = {}
-        if env.is_main:
-            summary = {
-                "steps": config.optim.steps,
-                "train_seconds": round(train_seconds, 1),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "losses": summarize_losses(run_dir / "log.jsonl", config.optim.steps, ["loss", *task.loss_weights]),
-                "retrieval": evaluate_zero_shot_retrieval(model, data, collate, config, env.device),
-            }
-            tmp = run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(run_dir / "summary.json")
-        return summary
+        if not env.is_main:
+            return {}
+        return _write_summary(task, data, collate, config, run_dir, env, train_seconds)
     finally:
         distributed.cleanup()
+
+
+def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env) -> Trainer:
+    """The Trainer of ``task``: parameter groups (head learning rate, no weight decay), checkpoints as
+    model folders with pre-training provenance, and curves.png redrawn at each checkpoint."""
+    model = task.model
+    groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
+                              {f"model.{n}" for n in model.no_weight_decay()})
+    # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
+    # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
+    provenance = {"pretrain": pretrain_provenance(config, None)}
+    return Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
+                   on_checkpoint=lambda step: write_run_curves(run_dir),
+                   find_unused_parameters=model.itm_head is None, weights_module=model,
+                   write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
+                                                              config=config))
+
+
+def _write_summary(task: PretrainTask, data: PretrainData, collate, config: Config, run_dir: Path, env,
+                   train_seconds: float) -> dict:
+    """The run's summary (steps, time, parameters, loss first/last means, zero-shot retrieval),
+    written atomically to ``summary.json`` and returned."""
+    model = task.model
+    summary = {
+        "steps": config.optim.steps,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "losses": summarize_losses(run_dir / "log.jsonl", config.optim.steps, ["loss", *task.loss_weights]),
+        "retrieval": evaluate_zero_shot_retrieval(model, data, collate, config, env.device),
+    }
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(run_dir / "summary.json")
+    return summary
 
 
 def _batches(dataset, collate, config: Config, env, start: int):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_releases as fx
+from tests import fixtures_releases as fx
 from mpma.data.sources.adapters import ADAPTERS, LayoutError, make_adapter, parse_options
 from mpma.data.sources.prepare import prepare
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_releases as fx
+from tests import fixtures_releases as fx
 from mpma.data.sources.adapters import make_adapter
 from mpma.data.sources.adapters.base import clean_text
 
@@ -229,7 +229,7 @@ def test_generic_csv_and_jsonl(tmp_path: Path) -> None:
 
 
 def test_medpix(tmp_path: Path) -> None:
-    from test_medpix import description
+    from tests.data.sources.test_medpix import description
 
     (tmp_path / "images").mkdir()
     values = ["0", "null", "NA", "no", 7, "N/A"]

@@ -17,7 +17,7 @@ from mpma.cli import main
 from mpma.data.sources.adapters import ADAPTERS, LayoutError, hash_split, make_adapter
 from mpma.data.sources.prepare import prepare
 
-REAL = Path(os.environ.get("MPMA_MEDPIX", Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = Path(os.environ.get("MPMA_MEDPIX", Path(__file__).resolve().parents[4] / "shared" / "data"
                            / "medpix"))
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_releases as fx
+from tests import fixtures_releases as fx
 from mpma.cli.data import main
 from mpma.data.image import load_image, to_tensor
 from mpma.data.sources.prepare import PrepareError, prepare
 from mpma.data.records import read_manifest
 from mpma.data.sources.validate import check_image, validate_manifest
 
-DATA = Path(os.environ.get("MPMA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("MPMA_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 
 
 def _needs(name: str) -> Path:

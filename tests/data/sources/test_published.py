@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_releases as fx
+from tests import fixtures_releases as fx
 from mpma.cli.data import main
 from mpma.data.sources.adapters import ADAPTERS
 from mpma.data.sources.adapters.vqa import SlakeAdapter
@@ -18,7 +18,7 @@ from mpma.data.sources.identity import test_set_identity as identity_of
 from mpma.data.sources.prepare import PrepareError, prepare
 from mpma.data.sources.published import TOTAL, Published, compare
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "datasets.md"
 
 
 def test_registry_has_counts_source_and_docs() -> None:

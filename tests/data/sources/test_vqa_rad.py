@@ -13,7 +13,7 @@ from mpma.data.sources.vqa_rad import VQARadError, answer_vocabulary, load_vqa_r
 
 # ../shared/data/vqa_rad next to the repository (see shared/data/README.md); overridable.
 REAL_ROOT = Path(os.environ.get(
-    "MPMA_VQA_RAD_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "vqa_rad"))
+    "MPMA_VQA_RAD_ROOT", Path(__file__).resolve().parents[4] / "shared" / "data" / "vqa_rad"))
 
 
 def _entry(qid: int, image: str, answer: object, answer_type: str, **extra: object) -> dict:

@@ -135,16 +135,7 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
     """
     adapter = make_adapter(dataset, options)
     src, out = Path(src).expanduser().absolute(), Path(out).expanduser().absolute()
-    if not src.is_dir():
-        raise LayoutError(f"--src {src} does not exist or is not a folder; expected the "
-                          f"{dataset} release laid out as:\n{adapter.layout}")
-    adapter.check(src)
-    info_path = out / "prepare.json"
-    if info_path.is_file():
-        previous = json.loads(info_path.read_text(encoding="utf-8")).get("dataset")
-        if previous != dataset:
-            raise PrepareError(f"{out} holds a prepared {previous!r}, not {dataset!r}; choose "
-                               "another --out or delete that folder")
+    _check_folders(dataset, adapter, src, out)
     out.mkdir(parents=True, exist_ok=True)
     result = PrepareResult(dataset, adapter.kind, out, registered=bool(adapter.published))
     rejects, candidates = _read(adapter, src, result, progress)
@@ -155,17 +146,55 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
     if strict:  # no rejects so far, and any image reject fails: the candidates are the result
         _strict_published(out, _compare(adapter, src, result, Counter(
             r.split for r, _ in candidates)))
+    users = _image_users(candidates)
+    checks = _missing_images(users)
+    if strict and checks:
+        _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
+    cache = ImageCache(out / ".cache" / "images.jsonl", fresh)
+    packed = _start_shards(out, dataset, adapter, candidates, pack, image_size, quality, fresh)
+    todo = _images_to_decode(users, checks, cache, candidates, packed, pack)
+    stream = check_images(todo, pack_size=image_size if pack else None, quality=quality,
+                          workers=workers, progress=progress, desc="decoding images")
+    _record_checks(stream, result, cache, checks, _ShardPacker(out, shard_mb, candidates, users, packed),
+                   pack=pack, strict_rejects=rejects if strict else None)
+    return _finish(result, adapter, src, out, options, pack, image_size, candidates, users,
+                   checks, rejects, packed)
 
+
+def _check_folders(dataset: str, adapter: Any, src: Path, out: Path) -> None:
+    """Fail early on a missing or misshapen release folder ``src`` (:class:`LayoutError`) or an
+    output folder ``out`` that holds another dataset (:class:`PrepareError`)."""
+    if not src.is_dir():
+        raise LayoutError(f"--src {src} does not exist or is not a folder; expected the "
+                          f"{dataset} release laid out as:\n{adapter.layout}")
+    adapter.check(src)
+    info_path = out / "prepare.json"
+    if info_path.is_file():
+        previous = json.loads(info_path.read_text(encoding="utf-8")).get("dataset")
+        if previous != dataset:
+            raise PrepareError(f"{out} holds a prepared {previous!r}, not {dataset!r}; choose "
+                               "another --out or delete that folder")
+
+
+def _image_users(candidates: list[tuple[Any, str]]) -> dict[str, list[int]]:
+    """Image path -> indices of the candidates that use it, in first-use order."""
     users: dict[str, list[int]] = {}
     for index, (record, _) in enumerate(candidates):
         if getattr(record, "image", None):
             users.setdefault(record.image, []).append(index)
-    checks: dict[str, ImageCheck] = {p: ImageCheck(p, False, "image missing", f"{p} not found")
-                                     for p in users if not os.path.isfile(p)}
-    if strict and checks:
-        _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
-    cache = ImageCache(out / ".cache" / "images.jsonl", fresh)
-    writers: dict[str, ShardWriter] = {}
+    return users
+
+
+def _missing_images(users: dict[str, list[int]]) -> dict[str, ImageCheck]:
+    """A failed "image missing" check for every path in ``users`` that is not a file."""
+    return {p: ImageCheck(p, False, "image missing", f"{p} not found") for p in users if not os.path.isfile(p)}
+
+
+def _start_shards(out: Path, dataset: str, adapter: Any, candidates: list, pack: bool, image_size: int,
+                  quality: int, fresh: bool) -> dict[str, str]:
+    """With ``pack``, the ids already in complete shards of an interrupted run with the same settings
+    (none with ``fresh``: earlier shards are removed); without, an earlier run's ``shards/`` is
+    removed and nothing is packed."""
     packed: dict[str, str] = {}
     if pack:
         state = {"dataset": dataset, "options": dataclasses.asdict(adapter),
@@ -175,6 +204,13 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
         packed = resume_shards(out / "shards", state, {r.id for r, _ in candidates})
     elif (out / "shards").is_dir():  # shards of an earlier --pack run would not match
         shutil.rmtree(out / "shards")
+    return packed
+
+
+def _images_to_decode(users: dict[str, list[int]], checks: dict[str, ImageCheck], cache: ImageCache,
+                      candidates: list, packed: dict[str, str], pack: bool) -> list[str]:
+    """The image paths still to decode; those the cache answers (a failure, no packing, or all their
+    records already packed) go into ``checks`` instead."""
     todo = []
     for path, indices in users.items():
         if path in checks:
@@ -185,34 +221,56 @@ def prepare(dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[st
             checks[path] = cached
         else:
             todo.append(path)
-    stream = check_images(todo, pack_size=image_size if pack else None, quality=quality,
-                          workers=workers, progress=progress, desc="decoding images")
+    return todo
+
+
+def _record_checks(stream: Any, result: PrepareResult, cache: ImageCache, checks: dict[str, ImageCheck],
+                   packer: _ShardPacker, *, pack: bool, strict_rejects: list[Reject] | None) -> None:
+    """Consume the decoding ``stream``: count and cache each check, keep it (without image bytes) in
+    ``checks``, pack a decoded image with ``pack`` and, when ``strict_rejects`` is given (the rejects so
+    far of a ``--strict`` run), fail at the first bad image. Closes the stream, cache and shard writers."""
     try:
         for check in stream:
             result.decoded += 1
             cache.put(check)
             checks[check.path] = dataclasses.replace(check, data=None)
-            if strict and not check.ok:
-                _fail_strict(out, rejects + _image_rejects(candidates, users, checks))
+            if strict_rejects is not None and not check.ok:
+                _fail_strict(packer.out, strict_rejects + _image_rejects(packer.candidates, packer.users, checks))
             if check.ok and pack:
-                assert check.data is not None
-                for i in users[check.path]:
-                    record = candidates[i][0]
-                    if record.id in packed:
-                        continue
-                    if record.split not in writers:
-                        writers[record.split] = next_shard_writer(out / "shards", record.split, shard_mb)
-                    packed[record.id] = "new"
-                    row = record_to_dict(record)
-                    row["image"] = _relative(record.image, out)
-                    writers[record.split].add(row, check.data)
+                packer.add(check)
     finally:
         stream.close()
         cache.close()
-        for writer in writers.values():
+        packer.close()
+
+
+class _ShardPacker:
+    """Writes the decoded images of records not yet in ``packed`` to one shard writer per split."""
+
+    def __init__(self, out: Path, shard_mb: float, candidates: list, users: dict[str, list[int]],
+                 packed: dict[str, str]) -> None:
+        """``packed``: record id -> shard status, updated as records are written under ``out/shards``."""
+        self.out, self.shard_mb, self.candidates, self.users, self.packed = out, shard_mb, candidates, users, packed
+        self.writers: dict[str, ShardWriter] = {}
+
+    def add(self, check: ImageCheck) -> None:
+        """Pack ``check.data`` (JPEG bytes) once for every unpacked record that uses ``check.path``."""
+        assert check.data is not None
+        for i in self.users[check.path]:
+            record = self.candidates[i][0]
+            if record.id in self.packed:
+                continue
+            if record.split not in self.writers:
+                self.writers[record.split] = next_shard_writer(self.out / "shards", record.split, self.shard_mb)
+            self.packed[record.id] = "new"
+            row = record_to_dict(record)
+            row["image"] = _relative(record.image, self.out)
+            self.writers[record.split].add(row, check.data)
+
+    def close(self) -> None:
+        """Close every shard writer opened."""
+        for writer in self.writers.values():
             writer.close()
-    return _finish(result, adapter, src, out, options, pack, image_size, candidates, users,
-                   checks, rejects, packed)
 
 
 def _read(adapter: Any, src: Path, result: PrepareResult,

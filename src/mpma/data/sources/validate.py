@@ -226,6 +226,20 @@ def validate_manifest(manifest: str | os.PathLike[str], kind: ManifestKind | Non
     kind = kind or infer_kind(manifest)
     if known_labels is None:
         known_labels = _prepared_labels(manifest)
+    total, rejects, good = _check_lines(manifest, kind, known_labels)
+    if images:
+        rejects += _manifest_image_rejects(manifest, good, workers, progress)
+    return ValidationReport(kind, total, total - len(rejects), rejects)
+
+
+def _check_lines(manifest: Path, kind: ManifestKind, known_labels: Iterable[str] | None,
+                 ) -> tuple[int, list[Reject], list[tuple[Record, str]]]:
+    """Parse and check every non-blank line of ``manifest`` (all but the images).
+
+    Returns:
+        (non-blank lines, one :class:`Reject` per invalid record, duplicate id or content problem,
+        the ``(record, "manifest:line")`` pairs that passed).
+    """
     rejects: list[Reject] = []
     good: list[tuple[Record, str]] = []
     seen: dict[str, str] = {}
@@ -255,16 +269,23 @@ def validate_manifest(manifest: str | os.PathLike[str], kind: ManifestKind | Non
                 rejects.append(Reject(record.id, where, *problem))
                 continue
             good.append((record, where))
-    if images:
-        with_image = [(r, w) for r, w in good if getattr(r, "image", None)]
-        paths = sorted({str(resolve_image(manifest, r)) for r, _ in with_image})
-        bad = {c.path: c for c in check_images(paths, workers=workers, progress=progress)
-               if not c.ok}
-        for record, where in with_image:
-            check = bad.get(str(resolve_image(manifest, record)))
-            if check is not None:
-                rejects.append(Reject(record.id, where, check.reason, check.detail))
-    return ValidationReport(kind, total, total - len(rejects), rejects)
+    return total, rejects, good
+
+
+def _manifest_image_rejects(manifest: Path, good: list[tuple[Record, str]], workers: int | None,
+                            progress: bool) -> list[Reject]:
+    """One :class:`Reject` per record of ``good`` whose image (resolved against ``manifest``) fails
+    :func:`check_images`, in ``good``'s order; each distinct image is decoded once."""
+    rejects: list[Reject] = []
+    with_image = [(r, w) for r, w in good if getattr(r, "image", None)]
+    paths = sorted({str(resolve_image(manifest, r)) for r, _ in with_image})
+    bad = {c.path: c for c in check_images(paths, workers=workers, progress=progress)
+           if not c.ok}
+    for record, where in with_image:
+        check = bad.get(str(resolve_image(manifest, record)))
+        if check is not None:
+            rejects.append(Reject(record.id, where, check.reason, check.detail))
+    return rejects
 
 
 def _lengths(values: list[int]) -> dict[str, float]:
