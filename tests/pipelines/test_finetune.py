@@ -267,3 +267,26 @@ def test_fused_classifier_boosts_only_its_new_classifier(micro_config):
     heads = module.head_parameter_names()
     assert heads and all(name.startswith("head.") for name in heads)
     assert any(name.startswith("backbone.fusion.") for name, _ in module.named_parameters())
+
+
+@pytest.mark.parametrize("override, key", [("optim.steps=5", "optim.steps"), ("run.checkpoint_every=3", "run.checkpoint_every")])
+def test_fine_tuning_refuses_a_step_schedule_instead_of_overwriting_it(tmp_path, capsys, override, key):
+    """Fine-tuning counts epochs: a user-set step count is an error naming the key, never silently replaced."""
+    out = tmp_path / "run"
+    assert main(["finetune", "vqa", "--out", str(out), "--no-progress", *SMALL_DATA, override]) == 2
+    error = capsys.readouterr().err
+    assert f"{key}=" in error and "set epochs=N" in error
+    assert not (out / "config.json").exists()
+
+
+def test_fine_tuning_keeps_a_user_set_warmup(tmp_path):
+    from mpma.config import FinetuneConfig
+    from mpma.pipelines.finetuning import fix_schedule
+
+    config = FinetuneConfig()
+    config.optim.warmup_steps = 7
+    fix_schedule(config, epochs=3, steps_per_epoch=10)
+    assert (config.optim.steps, config.optim.warmup_steps, config.run.checkpoint_every) == (30, 7, 10)
+    config = FinetuneConfig()
+    fix_schedule(config, epochs=3, steps_per_epoch=10)
+    assert config.optim.warmup_steps == 3  # warmup_fraction 0.1 of 30 steps
