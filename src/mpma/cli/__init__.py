@@ -46,6 +46,15 @@ def _format_pretrain_summary(summary: dict, out: Path) -> str:
             )
     elif retrieval:
         lines.append(f"retrieval: {retrieval.get('skipped')}")
+    grounding = summary.get("grounding")
+    if grounding:
+        pointing, gap = grounding["pointing_game"], grounding.get("mlm_image_gap")
+        local = "n/a" if pointing["hit_rate"] is None else f"{pointing['hit_rate']:.3f}"
+        lines.append(f"grounding at step {grounding['step']}: pointing game GLA-local {local}, fusion attention "
+                     f"{pointing['fusion_attention']:.3f} (chance {pointing['chance']:.3f}, {pointing['n']} findings)")
+        if gap:
+            lines.append(f"  masked content words: {gap['own']:.3f} with the own image, {gap['shuffled']:.3f} with a "
+                         f"shuffled one (gap {gap['gap']:+.3f})")
     return "\n".join(lines)
 
 

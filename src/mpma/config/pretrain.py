@@ -29,6 +29,9 @@ class VisionConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     mask_ratio: float = 0.75  # share of patches hidden from the encoder during pre-training
+    # alignment path (GLA): None = the same masked pass as MIM and the fusion; a number = a second,
+    # separately masked view of the image for GLA only (0.0: the whole image)
+    align_mask_ratio: float | None = None
     drop_path: float = 0.0  # stochastic depth in training: block i's rate is drop_path * i / (depth - 1)
     init: str | None = None  # local path of weights to start from (CLIP folder/file or an mpma model)
     pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's ln_pre)
@@ -38,6 +41,8 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"vision.drop_path: expected a rate in [0, 1), got {self.drop_path}")
+        if self.align_mask_ratio is not None and not 0.0 <= self.align_mask_ratio < 1.0:
+            raise ConfigError(f"vision.align_mask_ratio: expected a ratio in [0, 1) or null, got {self.align_mask_ratio}")
 
 
 @dataclass
@@ -214,6 +219,9 @@ class RunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 = keep all
     eval_size: int = 500  # synthrad only: held-out pairs of the end-of-run zero-shot retrieval check
     #                       (a manifest source uses its whole val split)
+    # synthrad pre-training: the pointing game and the MLM image gap (mpma.eval.grounding) at each checkpoint
+    # whose step is a multiple of this (0 = off), into log.jsonl, and at the end into summary.json
+    grounding_every: int = 0
     compile: bool = False  # torch.compile the trained module (the DDP wrapper, if any): start-up +1 min or more on CPU
     threads: int = 0  # torch intra-op threads; 0 = torch default
 

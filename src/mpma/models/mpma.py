@@ -36,6 +36,8 @@ class MPMAOutput:
     image_local / text_local: (B, K, A) / (B, T, A) L2-normalised GLA-local features, or None.
     mlm_logits: (M, V) logits at the M positions selected by ``mlm_positions``, or None.
     mim_pred: (B, N, P*P*C) pixel predictions for every patch, or None.
+    align_vision: the image view the GLA features come from (``vision`` itself unless
+        ``vision.align_mask_ratio`` asks for a separately masked view).
     """
 
     vision: VisionOutput
@@ -47,6 +49,7 @@ class MPMAOutput:
     text_local: torch.Tensor | None = None
     mlm_logits: torch.Tensor | None = None
     mim_pred: torch.Tensor | None = None
+    align_vision: VisionOutput | None = None
 
 
 PRETRAIN_HEADS = ("align", "mlm_head", "mim_decoder", "itm_head")
@@ -191,18 +194,32 @@ class MPMAModel(nn.Module):
         text = self.encode_text(input_ids, attention_mask)
         out = MPMAOutput(vision=vision, text=text, fusion=None)  # type: ignore[arg-type]
         if self.align is not None:
-            if self.align.global_image is not None:
-                out.image_embed = self.image_embedding(vision)
-                out.text_embed = self.text_embedding(text, attention_mask)
-            if self.align.local_image is not None:
-                out.image_local = F.normalize(self.align.local_image(vision.tokens[:, 1:]), dim=-1)
-                out.text_local = F.normalize(self.align.local_text(text), dim=-1)
+            out.align_vision = self._alignment_view(images, vision, mask_ratio, generator)
+            self._align(out, out.align_vision, text, attention_mask)
         out.fusion = self.fuse(text, attention_mask, vision.tokens)
         if self.mlm_head is not None and mlm_positions is not None:
             out.mlm_logits = self.mlm_head(out.fusion.text[mlm_positions])
         if self.mim_decoder is not None and vision.ids_restore is not None:
             out.mim_pred = self.mim_decoder(out.fusion.image, vision.ids_restore)
         return out
+
+    def _alignment_view(self, images: torch.Tensor, vision: VisionOutput, mask_ratio: float | None,
+                        generator: torch.Generator | None) -> VisionOutput:
+        """The image view GLA reads: the masked pass itself, or (``vision.align_mask_ratio`` set, and
+        training-time masking in use) a second pass with that ratio. (B, 1+K', Dv) tokens."""
+        align_ratio = self.config.vision.align_mask_ratio
+        if align_ratio is None or (mask_ratio is not None and mask_ratio == 0.0):
+            return vision
+        return self.encode_image(images, align_ratio, generator)
+
+    def _align(self, out: MPMAOutput, vision: VisionOutput, text: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """GLA-global embeddings (B, A) and GLA-local features (B, K, A) / (B, T, A) into ``out``."""
+        if self.align.global_image is not None:
+            out.image_embed = self.image_embedding(vision)
+            out.text_embed = self.text_embedding(text, attention_mask)
+        if self.align.local_image is not None:
+            out.image_local = F.normalize(self.align.local_image(vision.tokens[:, 1:]), dim=-1)
+            out.text_local = F.normalize(self.align.local_text(text), dim=-1)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides biases and norms."""

@@ -30,7 +30,8 @@ from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.trainer import Trainer, parameter_groups
 from mpma.eval.retrieval import embed_dataset, retrieval_report
-from mpma.hub import is_model_folder, save_pretrained
+from mpma.eval.grounding import flat_grounding, grounding_report
+from mpma.hub import PretrainedModel, is_model_folder, preprocess_settings, save_pretrained
 from mpma.hub.folder import pretrain_provenance
 from mpma.models.factory import create_model
 from mpma.tasks.pretrain import PretrainTask
@@ -221,7 +222,10 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         distributed.barrier()
         tokenizer = load_tokenizer(run_tokenizer)
         task = build_task(config, tokenizer).to(env.device)
-        trainer = _make_trainer(task, tokenizer, config, run_dir, env)
+        grounding = None
+        if env.is_main and config.run.grounding_every > 0 and hasattr(data.held_out, "cases"):  # synthrad truth
+            grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir)
+        trainer = _make_trainer(task, tokenizer, config, run_dir, env, grounding)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             refuse_legacy_checkpoint(run_dir, latest)
@@ -234,31 +238,65 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         train_seconds = time.perf_counter() - started
         if not env.is_main:
             return {}
-        return _write_summary(task, data, collate, config, run_dir, env, train_seconds)
+        return _write_summary(task, data, collate, config, run_dir, env, train_seconds, grounding)
     finally:
         distributed.cleanup()
 
 
-def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env) -> Trainer:
+class GroundingDiagnostics:
+    """The pointing game and the MLM image gap (:mod:`mpma.eval.grounding`) of the model being trained,
+    appended to ``log.jsonl`` as ``{"step", "grounding": {...}}``; the last report is kept for the summary."""
+
+    def __init__(self, model, tokenizer, config: Config, run_dir: Path) -> None:
+        self.loaded = PretrainedModel(model, model, tokenizer, config, preprocess=preprocess_settings(config))
+        self.run_dir = run_dir
+        self.last: tuple[int, dict] | None = None
+
+    def measure(self, step: int) -> dict:
+        """The report at ``step``; logged unless the log already holds this step's (a resumed, finished run)."""
+        report = grounding_report(self.loaded)
+        if not self._logged(step):
+            with (self.run_dir / "log.jsonl").open("a") as handle:
+                handle.write(json.dumps({"step": step, "grounding": flat_grounding(report)}) + "\n")
+        self.last = (step, report)
+        return report
+
+    def _logged(self, step: int) -> bool:
+        log = self.run_dir / "log.jsonl"
+        if not log.is_file():
+            return False
+        rows = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+        return any(row.get("step") == step and "grounding" in row for row in rows)
+
+
+def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env,
+                  grounding: GroundingDiagnostics | None = None) -> Trainer:
     """The Trainer of ``task``: parameter groups (head learning rate, no weight decay), checkpoints as
-    model folders with pre-training provenance, and curves.png redrawn at each checkpoint."""
+    model folders with pre-training provenance, curves.png redrawn and the grounding diagnostics taken
+    (when asked) at each checkpoint."""
     model = task.model
     groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
                               {f"model.{n}" for n in model.no_weight_decay()})
     # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
     # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
     provenance = {"pretrain": pretrain_provenance(config, None)}
+
+    def on_checkpoint(step: int) -> None:
+        if grounding is not None and step % config.run.grounding_every == 0:
+            grounding.measure(step)
+        write_run_curves(run_dir)
+
     return Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
-                   on_checkpoint=lambda step: write_run_curves(run_dir),
+                   on_checkpoint=on_checkpoint,
                    find_unused_parameters=model.itm_head is None, weights_module=model,
                    write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
                                                               config=config))
 
 
 def _write_summary(task: PretrainTask, data: PretrainData, collate, config: Config, run_dir: Path, env,
-                   train_seconds: float) -> dict:
-    """The run's summary (steps, time, parameters, loss first/last means, zero-shot retrieval),
-    written atomically to ``summary.json`` and returned."""
+                   train_seconds: float, grounding: GroundingDiagnostics | None = None) -> dict:
+    """The run's summary (steps, time, parameters, loss first/last means, zero-shot retrieval and,
+    when measured, the grounding diagnostics at the last step), written atomically to ``summary.json``."""
     model = task.model
     summary = {
         "steps": config.optim.steps,
@@ -267,6 +305,10 @@ def _write_summary(task: PretrainTask, data: PretrainData, collate, config: Conf
         "losses": summarize_losses(run_dir / "log.jsonl", config.optim.steps, ["loss", *task.loss_weights]),
         "retrieval": evaluate_zero_shot_retrieval(model, data, collate, config, env.device),
     }
+    if grounding is not None:
+        last = grounding.last
+        report = last[1] if last is not None and last[0] == config.optim.steps else grounding.measure(config.optim.steps)
+        summary["grounding"] = {"step": config.optim.steps, **report}
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(run_dir / "summary.json")

@@ -212,10 +212,24 @@ def _pretrain_sections(report: Report, run: Path, out: Path, examples: PretrainE
                           for d in ("i2t", "t2i")])
         elif retrieval:
             report.p(f"Retrieval: {retrieval.get('skipped')}")
+        _grounding(report, summary.get("grounding"))
     if examples is not None:
         _pretrain_examples(report, examples)
     report.h2("Configuration (config.json)")
     report.pre(json.dumps(config, indent=2))
+
+
+def _grounding(report: Report, grounding: dict | None) -> None:
+    """The grounding diagnostics of the last step (pointing game, MLM image gap); curves are in curves.png."""
+    if not grounding:
+        return
+    pointing, gap = grounding["pointing_game"], grounding.get("mlm_image_gap") or {}
+    report.h2(f"Grounding at step {grounding['step']} (curves: grounding.* panels)")
+    report.table(["measure", "value", "reference"],
+                 [["pointing game, GLA-local", pointing.get("hit_rate"), f"chance {pointing.get('chance')}"],
+                  ["pointing game, fusion attention", pointing.get("fusion_attention"), f"chance {pointing.get('chance')}"],
+                  ["masked content words, own image", gap.get("own"), "-"],
+                  ["masked content words, shuffled image", gap.get("shuffled"), f"gap {gap.get('gap')}"]])
 
 
 def _pretrain_examples(report: Report, examples: PretrainExamples) -> None:
