@@ -26,8 +26,9 @@ TIMING = {"samples_per_s"}
 
 
 def latest_weights(run: Path) -> dict[str, torch.Tensor]:
-    steps = sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    steps = [p for p in steps if not p.name.endswith(".tmp") and (p / "model.safetensors").is_file()]
+    steps = [p for p in (run / "checkpoints").glob("step_*")  # not step_N.tmp / .broken / .diverged
+             if p.name.removeprefix("step_").isdigit() and (p / "model.safetensors").is_file()]
+    steps = sorted(steps, key=lambda p: int(p.name.split("_")[1]))
     if not steps:
         raise SystemExit(f"{run}: no checkpoint with model.safetensors")
     return {k.removeprefix("model."): v for k, v in load_file(str(steps[-1] / "model.safetensors")).items()}

@@ -11,6 +11,10 @@ Images may be paths (JPEG, PNG incl. 16-bit, DICOM), PIL images or numpy arrays 
 are pre-processed exactly like evaluation images (resize to the model's size, CLIP mean/std). Every
 method takes one input or a list; lists are processed in batches of ``batch_size`` under
 ``torch.inference_mode``. The device is chosen automatically (CUDA when available) unless given.
+
+Inputs are checked first: an empty or whitespace-only question or text, and a ``top_k`` that is not
+a positive integer, are ``ValueError``s. A ``top_k`` above the number of answers (or candidates)
+returns them all, best first: asking for "the best 10" of 5 answers is not an error.
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Ten
 
 def _is_image_path(value: Any) -> bool:
     return isinstance(value, os.PathLike) or (isinstance(value, str) and Path(value).suffix != "" and Path(value).exists())
+
+
+def _check_top_k(top_k: Any) -> int:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer (how many results to return), got {top_k!r}")
+    return top_k
+
+
+def _check_texts(texts: list, kind: str) -> None:
+    """Every item is a string with a word in it (``kind``: "question", "text", ... for the message)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{kind} {i} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{kind} {i} is empty ({text!r}); give a non-empty {kind}" if len(texts) > 1 else
+                             f"the {kind} is empty ({text!r}); give a non-empty {kind}")
 
 
 def _as_list(value: Any, kind: str) -> tuple[list, bool]:
@@ -71,9 +91,11 @@ class Predictor:
         self.max_length = int(model.preprocess["max_length"])
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 32) -> Predictor:
-        """Open a save_pretrained folder, a fine-tuning run or a pre-training run folder."""
-        return cls(load_model(path), device, batch_size)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 32,
+                        max_params: int | None = None) -> Predictor:
+        """Open a save_pretrained folder, a fine-tuning run or a pre-training run folder (``max_params``: refuse a
+        folder that describes a larger model, before it is allocated)."""
+        return cls(load_model(path, max_params=max_params), device, batch_size)
 
     @property
     def task(self) -> str | None:
@@ -139,6 +161,7 @@ class Predictor:
         """L2-normalised GLA-global text embeddings (N, A) on the CPU."""
         self._require_alignment()
         items, _ = _as_list(texts, "texts")
+        _check_texts(items, "text")
         out = []
         for start, end in self._chunks(len(items)):
             batch = self._tokens(items[start:end])
@@ -152,13 +175,14 @@ class Predictor:
         Args:
             query: a text (text -> image: candidates are images) or an image (image -> text: candidates are texts).
             candidates: images or texts, or a precomputed (M, A) embedding tensor.
-            top_k: how many to return.
+            top_k: how many to return (a positive integer; more than there are candidates returns them all).
             direction: "t2i" or "i2t"; None decides from the query (a string that is not an existing file is a text).
 
         Returns:
             up to ``top_k`` ``{"rank", "index", "score"}`` dicts, best first, with ``"candidate"`` (the text or
             path) when the candidate is a string or path.
         """
+        _check_top_k(top_k)
         if direction is None:
             direction = "t2i" if isinstance(query, str) and not _is_image_path(query) else "i2t"
         if direction not in ("t2i", "i2t"):
@@ -231,7 +255,8 @@ class Predictor:
         Args:
             image: one image or a list (one image with several questions is repeated).
             question: one question or a list as long as the images.
-            top_k: answers returned per question.
+            top_k: answers returned per question (a positive integer; above the number of answers the model
+                knows, all of them are returned).
 
         Returns:
             ``[{"answer", "probability"}, ...]`` best first (a list of such lists for several questions).
@@ -239,7 +264,9 @@ class Predictor:
             sigmoid scores (M3AE's soft-score BCE) for a BCE-trained head.
         """
         self._require("answer", "vqa")
+        _check_top_k(top_k)
         questions, single = _as_list(question, "questions")
+        _check_texts(questions, "question")
         images, _ = _as_list(image, "images")
         if len(images) == 1 and len(questions) > 1:
             images = images * len(questions)
@@ -266,6 +293,10 @@ class Predictor:
         texts, text_single = _as_list(text, "texts") if needs_text else (None, True)
         single = single and text_single
         pairs = _as_list(text_pair, "text pairs")[0] if (text_pair is not None and needs_text) else None
+        if texts is not None:
+            _check_texts(texts, "text")
+        if pairs is not None:
+            _check_texts(pairs, "text pair")
         if images is not None and texts is not None and len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         probs = self._probabilities(self._head_scores(images, texts, pairs), bool(self.model.task.get("multi_label")))

@@ -82,9 +82,12 @@ def test_pretrain_writes_every_run_folder_file(micro_overrides, mpma_env, venv_b
     err = capsys.readouterr().err
     assert "already holds checkpoints" in err and "--resume" in err
 
-    # --resume with overrides is refused: the run's own config.json decides
-    with pytest.raises(SystemExit, match="drop the overrides"):
-        main(["pretrain", "--out", str(out), "--resume", "optim.steps=5"])
+    # --resume may change optim.* / run.* only: an override of the model is refused, naming the key
+    config_before = (out / "config.json").read_bytes()
+    assert main(["pretrain", "--out", str(out), "--resume", "vision.width=64"]) == 2
+    err = capsys.readouterr().err
+    assert "vision.width cannot change in a resumed run" in err and "optim.*" in err
+    assert (out / "config.json").read_bytes() == config_before
 
     # --resume of the finished run: nothing left to train, the summary is rewritten
     (out / "summary.json").unlink()

@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 
+OVERWRITE_HELP = ("run even if --out holds another run, this run finished, or other files: the files mpma runs "
+                  "write there (config.json, tokenizer/, log.jsonl, checkpoints/, best/, metrics, summary, curves, "
+                  "report/) are deleted first; every other file is kept")
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
     parser.add_argument("--config", default=default_preset,
                         help=f"preset name (tiny, small, base, tiny_m3ae, base_m3ae) or a YAML file (default: {default_preset})")
@@ -22,11 +27,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from mpma.config import load_config
     from mpma.pipelines.pretraining import run_pretraining
 
+    # --resume: the run's config.json decides; overrides may change optim.* / run.* only (checked there)
     config = None if args.resume else load_config(args.config, args.overrides)
-    if args.resume and args.overrides:
-        raise SystemExit("error: --resume continues a run with its saved config.json; drop the overrides")
     out = Path(args.out) if args.out else Path("runs") / "pretrain"
-    summary = run_pretraining(config, out, resume=args.resume, progress=not args.no_progress)
+    summary = run_pretraining(config, out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                              resume_overrides=args.overrides if args.resume else ())
     if summary:
         print(_format_pretrain_summary(summary, out))
     return 0
@@ -106,7 +111,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     get_task(args.task)  # an unknown task is an error naming the registered ones
     config = finetune_config(args.task, args.init, args.data, args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{args.task}-{Path(args.init).name}"
-    result = run_finetune(config, out, progress=not args.no_progress)
+    result = run_finetune(config, out, progress=not args.no_progress, overwrite=args.overwrite)
     if result:
         print((out / "metrics.md").read_text())
         print(f"run folder: {out}")
@@ -146,7 +151,9 @@ def _add_training_commands(commands) -> None:
     pretrain = commands.add_parser("pretrain", help="pre-train MPMA (default: synthrad + tiny, ~5 minutes on 2 CPU cores)")
     _add_config_arguments(pretrain)
     pretrain.add_argument("--out", help="run folder (default: runs/pretrain)")
-    pretrain.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out that "
+                          "can be read; key=value overrides may change optim.* and run.* (e.g. a lower optim.lr)")
+    pretrain.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     pretrain.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pretrain.set_defaults(func=cmd_pretrain)
 
@@ -159,6 +166,7 @@ def _add_training_commands(commands) -> None:
     finetune.add_argument("--data", help="synthrad (default), vqa-rad:PATH, or a manifest path")
     finetune.add_argument("--config", help="YAML file with fine-tuning settings (optional)")
     finetune.add_argument("--out", help="run folder (default: runs/<task>-<init>)")
+    finetune.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     finetune.add_argument("--no-progress", action="store_true")
     finetune.add_argument("overrides", nargs="*", metavar="key.sub=value",
                           help="e.g. epochs=5 optim.lr=1e-4 head.vqa_loss=ce data.fraction=0.1 preset=small")

@@ -106,7 +106,7 @@ def _format_stats(stats: dict) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from mpma.data.records import ManifestError
+    from mpma.data.jsonl import ManifestError
     from mpma.data.sources.validate import manifest_stats
 
     try:

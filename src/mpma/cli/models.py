@@ -5,8 +5,9 @@ are imported inside the command functions so ``mpma --help`` stays instant.
 
 Batch mode reads a JSONL manifest (one object per line; ``image`` relative to the manifest or
 absolute; ``question`` / ``text`` / ``id`` as the command needs) and writes one JSON line per record.
-A record that fails (an unreadable image, a missing field) gets ``{"id", "error"}`` and the rest go
-on; the exit status is then 1.
+A record that fails (a line that is not UTF-8 or not JSON, an unreadable or oversized image, a missing
+field) gets ``{"id", "line", "error"}`` and the rest go on; the exit status is then 1 (``retrieve``
+leaves a broken line out of its candidates, says so on stderr and exits 1).
 """
 
 from __future__ import annotations
@@ -15,6 +16,32 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parameter_count(text: str) -> int:
+    """argparse type: a positive parameter count, ``500000000`` or ``5e8``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of parameters such as 500000000 or 5e8, got {text!r}") from None
+    if not (value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of parameters, got {text!r}")
+    return int(value)
+
+
+MAX_PARAMS_HELP = ("refuse a model whose config describes more parameters than this (e.g. 5e8), before it is built; "
+                   "a model larger than the memory available is always refused")
 
 
 def register(commands) -> None:
@@ -40,6 +67,7 @@ def _add_convert(commands) -> None:
     convert.add_argument("--tokenizer", help="tokenizer folder (default: the --text folder)")
     convert.add_argument("--image-size", type=int, help="image size of the converted ViT (default: the preset's; "
                          "position embeddings are interpolated)")
+    convert.add_argument("--max-params", type=parameter_count, metavar="N", help=MAX_PARAMS_HELP)
     convert.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     convert.set_defaults(func=cmd_convert)
 
@@ -54,13 +82,15 @@ def _add_predict(commands) -> None:
         parser.add_argument("--manifest", help="JSONL manifest for batch mode")
         parser.add_argument("--out", help="JSONL output (default: standard output)")
         parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--batch-size", type=positive_int, default=32)
+        parser.add_argument("--max-params", type=parameter_count, metavar="N", help=MAX_PARAMS_HELP)
 
     vqa = predict.add_parser("vqa", help="answer a question about an image (or a manifest of them)")
     common(vqa)
     vqa.add_argument("--image", help="image file (JPEG, PNG, DICOM)")
     vqa.add_argument("--question")
-    vqa.add_argument("--top-k", type=int, default=5)
+    vqa.add_argument("--top-k", type=positive_int, default=5, help="answers to return (default 5; at most the "
+                     "model's number of answers: a larger value returns them all)")
     vqa.set_defaults(func=cmd_predict_vqa)
 
     retrieve = predict.add_parser("retrieve", help="rank images for a text query, or texts for an image query")
@@ -69,7 +99,8 @@ def _add_predict(commands) -> None:
     retrieve.add_argument("--image", help="image query: ranks --texts (or the manifest's texts)")
     retrieve.add_argument("--images", nargs="+", help="candidate images")
     retrieve.add_argument("--texts", nargs="+", help="candidate texts")
-    retrieve.add_argument("--top-k", type=int, default=5)
+    retrieve.add_argument("--top-k", type=positive_int, default=5, help="results to return (default 5; at most "
+                          "the number of candidates)")
     retrieve.set_defaults(func=cmd_predict_retrieve)
 
     zero = predict.add_parser("zero-shot", help="label probabilities by prompt similarity")
@@ -107,7 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.run:
         if args.vision or args.text or args.overrides:
             raise ValueError("--run exports a run folder as it is; drop --vision/--text/overrides")
-        loaded = load_model(args.run)
+        loaded = load_model(args.run, max_params=args.max_params)
         save_pretrained(loaded.module, out, loaded.tokenizer, task=loaded.task, metrics=loaded.metrics,
                         provenance=loaded.provenance, config=loaded.config)
         print(f"exported {args.run} -> {out} ({'task ' + loaded.task['task'] if loaded.task else 'backbone'})")
@@ -115,7 +146,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not (args.vision or args.text):
         raise ValueError("pass --vision and/or --text (local weights to convert), or --run")
     model, tokenizer, config, reports = build_converted(args.config, args.overrides, args.vision, args.text,
-                                                        args.tokenizer, args.image_size)
+                                                        args.tokenizer, args.image_size, args.max_params)
     provenance = {"converted": {"vision": args.vision, "text": args.text, "tokenizer": config.text.tokenizer,
                                 "reports": {k: v.to_dict() for k, v in reports.items()}}}
     save_pretrained(model, out, tokenizer, provenance=provenance, config=config)
@@ -130,12 +161,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_converted(source: str, overrides: list[str], vision: str | None, text: str | None,
-                    tokenizer_path: str | None, image_size: int | None):
-    """(MPMAModel, tokenizer, Config, {"vision": ConversionReport}) built from local weights."""
+                    tokenizer_path: str | None, image_size: int | None, max_params: int | None = None):
+    """(MPMAModel, tokenizer, Config, {"vision": ConversionReport}) built from local weights.
+
+    ``--text`` must be a Hugging Face folder with config.json and model.safetensors: pickled weights
+    (``pytorch_model.bin``) are refused, never loaded.
+    """
     from mpma.config import load_config
     from mpma.data.text import load_tokenizer
     from mpma.models.convert import vision_config_for
-    from mpma.models.factory import create_model
+    from mpma.models.factory import check_text_folder, create_model
 
     config = load_config(source, list(overrides))
     if vision:
@@ -146,9 +181,7 @@ def build_converted(source: str, overrides: list[str], vision: str | None, text:
     if text:
         from transformers import AutoConfig
 
-        text_dir = Path(text).resolve()
-        if not (text_dir / "config.json").is_file():
-            raise FileNotFoundError(f"--text {text}: expected a Hugging Face model folder with config.json")
+        text_dir = check_text_folder(Path(text).resolve(), "--text")
         hf = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
         config.text.init = str(text_dir)
         config.text.model_type = hf.model_type
@@ -159,7 +192,7 @@ def build_converted(source: str, overrides: list[str], vision: str | None, text:
         raise ValueError("pass --tokenizer DIR (or --text DIR with its tokenizer files): a converted model needs one")
     config.text.tokenizer = str(Path(tokenizer_path or config.text.tokenizer).resolve())
     tokenizer = load_tokenizer(config.text.tokenizer)
-    model = create_model(config, len(tokenizer), tokenizer.pad_token_id).eval()
+    model = create_model(config, len(tokenizer), tokenizer.pad_token_id, max_params=max_params).eval()
     return model, tokenizer, config, model.init_reports
 
 
@@ -169,15 +202,25 @@ def build_converted(source: str, overrides: list[str], vision: str | None, text:
 def _predictor(args: argparse.Namespace):
     from mpma.inference import Predictor
 
-    return Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    return Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
+                                     max_params=args.max_params)
 
 
 def _read_manifest(path: str) -> tuple[list[dict], Path]:
-    from mpma.data.records import read_jsonl
+    """The manifest's records (``id`` defaults to the line number; each carries its ``"line"``) and folder.
+
+    A line that is not UTF-8 or not a JSON object is kept as ``{"id": "<line>", "line": N, "bad_line":
+    problem}``: :func:`_run_records` turns it into an error row and answers the other lines.
+    """
+    from mpma.data.jsonl import iter_jsonl
 
     records = []
-    for number, record in read_jsonl(path):
+    for number, record, problem in iter_jsonl(path):
+        if record is None:
+            records.append({"id": str(number), "line": number, "bad_line": f"line {number}: {problem}"})
+            continue
         record.setdefault("id", str(number))
+        record["line"] = number
         records.append(record)
     return records, Path(path).parent
 
@@ -199,16 +242,19 @@ def _emit(rows: list[dict], out: str | None) -> None:
 
 
 def _run_records(records: list[dict], prepare, predict, batch_size: int) -> tuple[list[dict], int]:
-    """Per-record ``prepare`` (errors become error rows), then batched ``predict`` on the good ones."""
+    """Per-record ``prepare`` (errors become ``{"id", "line", "error"}`` rows), then batched ``predict``
+    on the good ones; rows in manifest order."""
     from mpma.data.image import ImageError
 
     rows: list[dict | None] = [None] * len(records)
     good: list[tuple[int, tuple]] = []
     for i, record in enumerate(records):
         try:
+            if "bad_line" in record:
+                raise ValueError(record["bad_line"])
             good.append((i, prepare(record)))
         except (ImageError, ValueError, KeyError, TypeError) as error:
-            rows[i] = {"id": record.get("id"), "error": str(error)}
+            rows[i] = {"id": record.get("id"), "line": record.get("line"), "error": str(error)}
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
         for (i, _), result in zip(chunk, predict([inputs for _, inputs in chunk])):
@@ -258,13 +304,17 @@ def cmd_predict_retrieve(args: argparse.Namespace) -> int:
     else:
         candidates = args.texts
         field = "text"
-    ids = None
+    ids, skipped = None, 0
     if args.manifest:
         records, root = _read_manifest(args.manifest)
-        candidates = [_image_path(r, root) if field == "image" else r.get("text") for r in records]
-        if any(c is None for c in candidates):
+        bad = [r["bad_line"] for r in records if "bad_line" in r]
+        records = [r for r in records if "bad_line" not in r]
+        if any(not isinstance(r.get(field), str) for r in records):
             raise ValueError(f"every manifest record needs a '{field}' for this direction")
-        ids = [r["id"] for r in records]
+        candidates = [_image_path(r, root) if field == "image" else r["text"] for r in records]
+        ids, skipped = [r["id"] for r in records], len(bad)
+        for problem in bad:  # a broken line is no candidate; the others are ranked
+            print(f"{args.manifest}: {problem}: left out of the candidates", file=sys.stderr)
     if not candidates:
         raise ValueError(f"pass candidate {field}s: --{field}s ... or --manifest FILE.jsonl")
     predictor = _predictor(args)
@@ -277,7 +327,7 @@ def cmd_predict_retrieve(args: argparse.Namespace) -> int:
         _emit(ranking, args.out)
     else:
         _print({"query": query, "direction": "t2i" if args.query else "i2t", "results": ranking})
-    return 0
+    return 1 if skipped else 0
 
 
 def cmd_predict_zero_shot(args: argparse.Namespace) -> int:

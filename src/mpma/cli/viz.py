@@ -77,7 +77,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 def _manifest_records(path: str, n: int) -> tuple[list[str], list[str]]:
     """(image paths, texts) of the first ``n`` records of a JSONL manifest (paths resolved against its folder)."""
-    from mpma.data.records import read_jsonl
+    from mpma.data.jsonl import read_jsonl
 
     manifest = Path(path)
     images, texts = [], []

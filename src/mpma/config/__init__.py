@@ -3,6 +3,9 @@
 - :mod:`mpma.config.base`: the generic machinery (dict <-> dataclass with type checks that name the
   key, presets in ``mpma/presets/``, ``key.sub=value`` overrides, removed keys);
 - :mod:`mpma.config.errors`: :class:`ConfigError`, raised by all of them;
+- :mod:`mpma.config.checks`: the range checks every section runs when it is built (positive counts,
+  rates and ratios in range, widths divisible by heads, known choices); messages name the dotted key,
+  the value and what is allowed;
 - :mod:`mpma.config.pretrain`: :class:`Config`, the pre-training run, and its sections;
 - :mod:`mpma.config.finetune`: :class:`FinetuneConfig`, the fine-tuning run, and its sections.
 """

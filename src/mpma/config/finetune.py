@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mpma.config import checks
+from mpma.config.errors import ConfigError
 from mpma.config.pretrain import OptimConfig, RunConfig
+
+VQA_LOSSES = ("bce", "ce")
+ANSWER_VOCABS = ("train", "all_splits")
+POOLS = ("cls", "mean")  # mpma.tasks.classification.POOLINGS
+IMAGE_MODES = ("finetune", "linear_probe")
 
 
 @dataclass
@@ -24,6 +31,22 @@ class TaskDataConfig:
     seed: int = 0
     augment: bool = False  # training images: seeded random resized crop (no flip); val/test never
     blank_images: bool = False  # every image replaced by a blank one: a question/text-only model (a floor)
+    # examples whose image fails to load are left out and listed in the run's rejects.jsonl; the run
+    # stops when more than this share of the examples is bad (mpma.data.bad_records)
+    max_bad_fraction: float = 0.001
+
+    def __post_init__(self) -> None:
+        checks.not_empty("data.dataset", self.dataset, "synthrad, vqa-rad:PATH or a manifest")
+        for name in ("train_size", "val_size", "test_size", "batch_size", "eval_batch_size"):
+            checks.positive(f"data.{name}", getattr(self, name))
+        checks.in_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
+                        note="the share of train held out for validation")
+        checks.in_range("data.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False,
+                        note="the share of the training labels used")
+        checks.at_least("data.num_workers", self.num_workers, 0)
+        checks.at_least("data.seed", self.seed, 0)
+        checks.in_range("data.max_bad_fraction", self.max_bad_fraction, 0.0, 1.0,
+                        note="the share of examples that may fail to load before the run stops")
 
 
 @dataclass
@@ -40,6 +63,16 @@ class HeadConfig:
     retrieval_itm: bool = False  # retrieval fine-tune: add the ITM loss (needs an ITM head)
     rerank_k: int = 0  # retrieval evaluation: re-rank the top-k by ITM (0 = off)
     prompt: str = "a chest radiograph showing {label}"  # zero_shot_cls template
+
+    def __post_init__(self) -> None:
+        checks.choice("head.vqa_loss", self.vqa_loss, VQA_LOSSES)
+        checks.choice("head.answer_vocab", self.answer_vocab, ANSWER_VOCABS)
+        checks.positive("head.hidden_mult", self.hidden_mult, "MLP hidden width = hidden_mult x pooled width")
+        checks.choice("head.pool", self.pool, POOLS)
+        checks.choice("head.image_mode", self.image_mode, IMAGE_MODES)
+        checks.at_least("head.rerank_k", self.rerank_k, 0, "0 = off")
+        if "{label}" not in self.prompt:
+            raise ConfigError(f"head.prompt: the template must contain {{label}}, got {self.prompt!r}")
 
 
 @dataclass
@@ -60,6 +93,13 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, head_lr_mult=3.0, weight_decay=0.01,
                                                                    steps=0, warmup_steps=0, beta2=0.999))
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10, checkpoint_every=10**9))
+
+    def __post_init__(self) -> None:
+        checks.not_empty("task", self.task)
+        checks.not_empty("init", self.init, "scratch or a pre-training run / model folder")
+        checks.not_empty("preset", self.preset)
+        checks.at_least("epochs", self.epochs, 0, "0 = evaluate without training")
+        checks.in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0, note="the share of the steps warmed up")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mpma.config import checks
 from mpma.config.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+ACTIVATIONS = ("gelu", "quick_gelu")  # mpma.models.layers.ACTIVATIONS
+ALIGN_POOLS = ("cls", "mean")
+_MODEL_TYPE = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
 @dataclass
@@ -39,10 +47,21 @@ class VisionConfig:
     norm_eps: float = 1e-6  # LayerNorm epsilon (CLIP: 1e-5)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ConfigError(f"vision.drop_path: expected a rate in [0, 1), got {self.drop_path}")
+        for name in ("image_size", "patch_size", "channels", "width", "depth", "heads"):
+            checks.positive(f"vision.{name}", getattr(self, name))
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"vision.patch_size: {self.patch_size} does not divide vision.image_size={self.image_size}; "
+                              "the image must split into whole patches")
+        checks.multiple_of_four("vision.width", self.width)
+        checks.divisible("vision.width", self.width, "vision.heads", self.heads)
+        checks.positive("vision.mlp_ratio", self.mlp_ratio)
+        checks.in_range("vision.mask_ratio", self.mask_ratio, 0.0, 1.0, note="the share of patches hidden")
         if self.align_mask_ratio is not None and not 0.0 <= self.align_mask_ratio < 1.0:
             raise ConfigError(f"vision.align_mask_ratio: expected a ratio in [0, 1) or null, got {self.align_mask_ratio}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"vision.drop_path: expected a rate in [0, 1), got {self.drop_path}")
+        checks.choice("vision.activation", self.activation, ACTIVATIONS)
+        checks.positive("vision.norm_eps", self.norm_eps)
 
 
 @dataclass
@@ -74,6 +93,15 @@ class TextConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
+        if not _MODEL_TYPE.fullmatch(self.model_type):
+            raise ConfigError(f"text.model_type: expected a transformers model type such as bert or roberta, "
+                              f"got {self.model_type!r}")
+        for name in ("vocab_size", "width", "depth", "heads", "intermediate"):
+            checks.positive(f"text.{name}", getattr(self, name))
+        checks.divisible("text.width", self.width, "text.heads", self.heads)
+        checks.at_least("text.max_length", self.max_length, 4, "tokens per text, special tokens included")
+        checks.in_range("text.mask_ratio", self.mask_ratio, 0.0, 1.0, note="the share of tokens masked for MLM")
+        checks.in_range("text.dropout", self.dropout, 0.0, 1.0)
         if self.tokenizer_corpora is None:
             return
         seen = set()
@@ -101,14 +129,36 @@ class FusionConfig:
     memory_slots: int = 64  # 0 disables the memory: plain co-attention
     memory_layers: list[int] | None = None  # fusion layers with memory; None = all
 
+    def __post_init__(self) -> None:
+        for name in ("width", "heads"):
+            checks.positive(f"fusion.{name}", getattr(self, name))
+        checks.at_least("fusion.depth", self.depth, 0, "0: the projections and final norms only, an ablation")
+        checks.divisible("fusion.width", self.width, "fusion.heads", self.heads)
+        checks.positive("fusion.mlp_ratio", self.mlp_ratio)
+        checks.at_least("fusion.memory_slots", self.memory_slots, 0, "0 = no memory")
+        if self.memory_layers is not None:
+            bad = [i for i in self.memory_layers if not 0 <= i < self.depth]
+            if bad:
+                raise ConfigError(f"fusion.memory_layers: {bad} outside 0..{self.depth - 1} (fusion.depth={self.depth}); "
+                                  "list layer indices, or null for all layers")
+            if len(set(self.memory_layers)) != len(self.memory_layers):
+                raise ConfigError(f"fusion.memory_layers: {self.memory_layers} lists a layer twice")
+
 
 @dataclass
 class DecoderConfig:
     """MAE-style pixel decoder for masked image modelling."""
 
     width: int = 384
-    depth: int = 4
+    depth: int = 4  # 0 = a linear pixel predictor on the fused tokens
     heads: int = 6
+
+    def __post_init__(self) -> None:
+        checks.positive("decoder.width", self.width)
+        checks.at_least("decoder.depth", self.depth, 0, "0 = no decoder blocks")
+        checks.positive("decoder.heads", self.heads)
+        checks.multiple_of_four("decoder.width", self.width)
+        checks.divisible("decoder.width", self.width, "decoder.heads", self.heads)
 
 
 @dataclass
@@ -125,6 +175,15 @@ class ObjectivesConfig:
     temperature: float = 0.07  # initial InfoNCE temperature (learnable)
     norm_pix_loss: bool = True
     itm_exclude_same_text: bool = True  # never draw a negative whose text equals the positive's
+
+    WEIGHTS: ClassVar[tuple[str, ...]] = ("mlm", "mim", "global_align", "local_align", "itm")
+
+    def __post_init__(self) -> None:
+        for name in self.WEIGHTS:
+            checks.at_least(f"objectives.{name}", getattr(self, name), 0, "a loss weight; 0 switches the loss off")
+        checks.positive("objectives.align_dim", self.align_dim)
+        checks.choice("objectives.align_pool", self.align_pool, ALIGN_POOLS)
+        checks.positive("objectives.temperature", self.temperature)
 
 
 @dataclass
@@ -147,8 +206,19 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 0
     seed: int = 0
+    # records that fail to load are skipped and listed in the run's rejects.jsonl; the run stops once
+    # more than this share of the training records is bad (mpma.data.bad_records)
+    max_bad_fraction: float = 0.001
 
     def __post_init__(self) -> None:
+        checks.not_empty("data.dataset", self.dataset, "synthrad, a manifest path or name:path")
+        checks.in_range("data.max_bad_fraction", self.max_bad_fraction, 0.0, 1.0,
+                        note="the share of records that may fail to load before the run stops")
+        checks.positive("data.train_size", self.train_size)
+        checks.in_range("data.normal_fraction", self.normal_fraction, 0.0, 1.0, high_open=False)
+        checks.positive("data.batch_size", self.batch_size)
+        checks.at_least("data.num_workers", self.num_workers, 0)
+        checks.at_least("data.seed", self.seed, 0)
         if self.mixture_size < 0:
             raise ConfigError(f"data.mixture_size: expected >= 0 (0 = the sources' sizes summed), got {self.mixture_size}")
         if self.image_cache_mb < 0:
@@ -206,6 +276,19 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     accumulate: int = 1
 
+    def __post_init__(self) -> None:
+        checks.at_least("optim.lr", self.lr, 0, "0 freezes the weights (an evaluation-only baseline)")
+        checks.positive("optim.head_lr_mult", self.head_lr_mult)
+        checks.at_least("optim.weight_decay", self.weight_decay, 0)
+        checks.in_range("optim.beta1", self.beta1, 0.0, 1.0)
+        checks.in_range("optim.beta2", self.beta2, 0.0, 1.0)
+        checks.positive("optim.eps", self.eps)
+        checks.at_least("optim.steps", self.steps, 0, "pre-training: >= 1; fine-tuning: 0, set from the epochs")
+        checks.at_least("optim.warmup_steps", self.warmup_steps, 0)
+        checks.in_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, high_open=False)
+        checks.at_least("optim.grad_clip", self.grad_clip, 0, "0 disables clipping")
+        checks.positive("optim.accumulate", self.accumulate, "micro-batches per optimizer step")
+
 
 @dataclass
 class RunConfig:
@@ -224,6 +307,17 @@ class RunConfig:
     grounding_every: int = 0
     compile: bool = False  # torch.compile the trained module (the DDP wrapper, if any): start-up +1 min or more on CPU
     threads: int = 0  # torch intra-op threads; 0 = torch default
+
+    def __post_init__(self) -> None:
+        checks.at_least("run.seed", self.seed, 0)
+        checks.choice("run.precision", self.precision, PRECISIONS)
+        checks.choice("run.device", self.device, DEVICES)
+        checks.positive("run.log_every", self.log_every, "steps between log lines")
+        checks.positive("run.checkpoint_every", self.checkpoint_every, "steps between checkpoints")
+        checks.at_least("run.keep_checkpoints", self.keep_checkpoints, 0, "0 = keep all")
+        checks.positive("run.eval_size", self.eval_size)
+        checks.at_least("run.grounding_every", self.grounding_every, 0, "0 = off")
+        checks.at_least("run.threads", self.threads, 0, "0 = torch default")
 
 
 @dataclass
@@ -244,6 +338,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        checks.positive("optim.steps", self.optim.steps, "pre-training steps")
+        if not any(getattr(self.objectives, name) > 0 for name in ObjectivesConfig.WEIGHTS):
+            raise ConfigError(f"objectives: every loss weight ({', '.join(ObjectivesConfig.WEIGHTS)}) is 0, so nothing "
+                              "would train; give at least one a weight > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mpma.data.bad_records import bad_item
 from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, load_image, to_tensor
 from mpma.data.pairs import grayscale_to_tensor, key_to_int, shrink_shorter_side
 from mpma.data.records import normalize_answer
@@ -22,7 +23,8 @@ class ImageStore:
     """Image reference -> (3, S, S) tensor, decoded and resized once, then cached.
 
     A reference is ("synthrad", SynthRad, index) or an absolute file path. :meth:`augmented` gives
-    a seeded random resized crop of a file image instead (training only).
+    a seeded random resized crop of a file image instead (training only). :meth:`drop_unreadable`
+    checks every image of a run's splits up front (fine-tuning evaluates whole splits).
     """
 
     def __init__(self, image_size: int) -> None:
@@ -43,6 +45,39 @@ class ImageStore:
             self._arrays[ref] = array
         return ImageTransform(size=self.image_size, train=True)(array, np.random.default_rng(list(seed)))
 
+    def drop_unreadable(self, splits: dict[str, list[dict]]) -> tuple[list[dict], int]:
+        """Decode (and cache) every file image of ``splits`` once; take out the examples whose image cannot
+        be read, in place.
+
+        Returns:
+            One row per bad image, ``{"id": path, "image", "reason", "detail", "examples": {split: number
+            left out}}`` in first-use order, and the number of distinct image files checked.
+
+        Raises:
+            ImageError: no image of a split can be read.
+        """
+        rows: dict[str, dict] = {}
+        files: set[str] = set()
+        for split, examples in splits.items():
+            kept = []
+            for example in examples:
+                ref = example.get("image")
+                files.update([ref] if isinstance(ref, str) else [])
+                if isinstance(ref, str) and ref not in self._cache and ref not in rows:
+                    try:
+                        self(ref)
+                    except ImageError as error:
+                        rows[ref] = {**bad_item(ref, ref, error)["bad"], "examples": {}}
+                if isinstance(ref, str) and ref in rows:
+                    rows[ref]["examples"][split] = rows[ref]["examples"].get(split, 0) + 1
+                else:
+                    kept.append(example)
+            if examples and not kept:
+                raise ImageError(f"split '{split}': no example has an image that can be read "
+                                 f"(first: {next(iter(rows.values()))['detail']})")
+            splits[split] = kept
+        return list(rows.values()), len(files)
+
     def __call__(self, ref) -> torch.Tensor:
         key = ref if isinstance(ref, str) else (id(ref[1]), ref[2])
         tensor = self._cache.get(key)
@@ -59,7 +94,7 @@ def _load(path: str) -> np.ndarray:
     try:
         return load_image(path)
     except ImageError as error:
-        raise ImageError(f"{error} (run `mpma data validate` on the manifest to list bad records)") from None
+        raise type(error)(f"{error} (run `mpma data validate` on the manifest to list bad records)") from None
 
 
 class ExampleList(Dataset):

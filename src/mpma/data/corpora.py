@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from mpma.data.records import read_jsonl
+from mpma.data.jsonl import read_jsonl
 
 CORPUS_PREFIXES = ("roco", "vqa-rad")  # ``PREFIX:PATH`` corpus specs; anything else is a path
 

@@ -3,13 +3,13 @@
 :func:`load_image` decodes JPEG, PNG (8- and 16-bit), other PIL formats and DICOM into a uint8
 array, :func:`image_to_array` does the same for any image input (path, PIL image, array, tensor);
 :func:`to_tensor` and :class:`ImageTransform` turn such an array into a normalised
-``(3, size, size)`` float tensor. Reading uses numpy, PIL and (lazily imported) pydicom only;
-torch is imported inside the tensor functions.
+``(3, size, size)`` float tensor. A file declaring more than 64 megapixels (:func:`max_image_pixels`,
+``MPMA_MAX_IMAGE_PIXELS``) is refused from its header, before decoding. Reading uses numpy, PIL and
+(lazily imported) pydicom only; torch is imported inside the tensor functions.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -30,9 +30,48 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 _DICOM_MAGIC = b"DICM"
 _DICOM_MAGIC_OFFSET = 128
 
+# Largest image (width x height, per frame) that load_image decodes: a 64-megapixel RGB image takes
+# 192 MB once decoded. The size is read from the header first, so a decompression bomb (a small file
+# declaring a huge image) is refused before any pixel is decoded. MPMA_MAX_IMAGE_PIXELS overrides it.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "MPMA_MAX_IMAGE_PIXELS"
+
 
 class ImageError(ValueError):
     """An image file is missing, empty or cannot be decoded (message names the file)."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image declares more pixels than the limit (:func:`max_image_pixels`); nothing was decoded."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of :func:`load_image`: ``$MPMA_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ValueError: the variable is not a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels such as 100000000")
+    return value
+
+
+def _check_pixels(path: Path, width: int, height: int, limit: int, frames: int = 1) -> None:
+    """Refuse a declared ``width x height`` above ``limit`` pixels, before decoding."""
+    if width * height > limit:
+        more = f" x {frames} frames" if frames > 1 else ""
+        raise ImageTooLargeError(
+            f"{path}: image too large: it declares {width} x {height} pixels{more} "
+            f"({width * height / 1e6:.1f} megapixels per frame), above the limit of {limit / 1e6:g} megapixels; "
+            f"nothing was decoded (a decompression bomb?). Raise the limit with {MAX_PIXELS_ENV}=N if the "
+            "image is genuine")
 
 
 def minmax_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -62,7 +101,7 @@ def _window_to_uint8(values: np.ndarray, center: float, width: float) -> np.ndar
     return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
-def _load_dicom(path: Path, has_magic: bool) -> np.ndarray:
+def _load_dicom(path: Path, has_magic: bool, limit: int) -> np.ndarray:
     try:
         import pydicom
     except ImportError as exc:  # pragma: no cover - pydicom is a dependency
@@ -73,17 +112,21 @@ def _load_dicom(path: Path, has_magic: bool) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode DICOM file ({exc})") from exc
     if "PixelData" not in ds:
         raise ImageError(f"{path}: DICOM file has no pixel data (not an image object?)")
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    _check_pixels(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0), limit, frames)
     try:
-        pixels = np.asarray(ds.pixel_array)
+        if frames > 1:  # multi-frame: decode the first frame only
+            from pydicom.pixels import pixel_array
+
+            pixels = np.asarray(pixel_array(ds, index=0))
+        else:
+            pixels = np.asarray(ds.pixel_array)
     except Exception as exc:
         raise ImageError(
             f"{path}: cannot decode DICOM pixel data ({exc}); compressed transfer syntaxes may "
             "need an extra decoder such as pylibjpeg or python-gdcm"
         ) from exc
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # multi-frame: first frame
     if pixels.size == 0:
         raise ImageError(f"{path}: DICOM image has zero size {pixels.shape}")
     if samples == 3:
@@ -103,12 +146,17 @@ def _load_dicom(path: Path, has_magic: bool) -> np.ndarray:
     return out
 
 
-def _load_pil(path: Path) -> np.ndarray:
+def _load_pil(path: Path, limit: int) -> np.ndarray:
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # reads the header only
             opened.seek(0)  # multi-frame formats: first frame
+            _check_pixels(path, opened.width, opened.height, limit)
             opened.load()
             image = ImageOps.exif_transpose(opened)
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit (2 x Image.MAX_IMAGE_PIXELS), checked on open
+        raise ImageTooLargeError(f"{path}: image too large ({exc}); nothing was decoded") from None
     except Exception as exc:
         raise ImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     if image.width == 0 or image.height == 0:
@@ -130,8 +178,13 @@ def _load_pil(path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read an image file into a uint8 array.
+
+    The declared size is read from the header first: an image of more than ``max_pixels`` pixels
+    (default :func:`max_image_pixels`, 64 megapixels or ``$MPMA_MAX_IMAGE_PIXELS``) is refused with an
+    :class:`ImageTooLargeError` before any pixel is decoded, so a small file that declares a huge
+    image (a decompression bomb) costs no memory.
 
     DICOM is recognised by the ``DICM`` magic at byte 128 or a ``.dcm`` extension; it is read
     with pydicom: RescaleSlope/Intercept are applied, then the first WindowCenter/WindowWidth
@@ -142,15 +195,18 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 
     Args:
         path: Image file.
+        max_pixels: Largest width x height (per frame) decoded; None: :func:`max_image_pixels`.
 
     Returns:
         ``(H, W)`` uint8 for grayscale or ``(H, W, 3)`` uint8 for colour.
 
     Raises:
         ImageError: The file is missing, empty, has a zero-size image or cannot be decoded;
-            the message names the file and the reason.
+            the message names the file and the reason. :class:`ImageTooLargeError` (a subclass):
+            the image declares more than ``max_pixels`` pixels (the message gives the size and limit).
     """
     path = Path(path)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     if not path.exists():
         raise ImageError(f"{path}: image file not found")
     if not path.is_file():
@@ -165,9 +221,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(f"{path}: image file is empty (0 bytes)")
     has_magic = head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
     if has_magic or path.suffix.lower() == ".dcm":
-        array = _load_dicom(path, has_magic)
+        array = _load_dicom(path, has_magic, limit)
     else:
-        array = _load_pil(path)
+        array = _load_pil(path, limit)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
@@ -357,19 +413,3 @@ class ImageTransform:
             if self.hflip_prob > 0.0 and rng.random() < self.hflip_prob:
                 rgb = rgb[:, ::-1]
         return to_tensor(rgb, self.size, self.mean, self.std)
-
-
-def encode_packed(array: Any, size: int, quality: int = 90) -> bytes:
-    """JPEG bytes of a uint8 image whose shorter side is resized to ``size`` (never upscaled).
-
-    Grayscale stays single-channel (smaller and faster to decode); colour is RGB.
-    """
-    image = Image.fromarray(array if array.ndim == 2 else array[:, :, :3])
-    short = min(image.size)
-    if short > size:
-        scale = size / short
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from mpma.data.bad_records import bad_item, split_bad
 from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, load_image, to_tensor
 from mpma.data.records import read_manifest, resolve_image
 from mpma.data.text import tokenize
@@ -157,8 +158,9 @@ class ManifestPairs(Dataset):
     the dataset — lazily with ``num_workers=0``, or up front with :meth:`fill_cache` — and only read
     in DataLoader worker processes (which are forked anew every epoch).
 
-    A record whose image cannot be read raises an error naming the record and file: run
-    ``mpma data validate`` on the manifest first to find such records.
+    A record whose image cannot be read gives, in training, a bad item (:mod:`mpma.data.bad_records`)
+    that :class:`PairCollator` leaves out; in evaluation an ImageError naming record and file
+    (:meth:`drop_unreadable` takes such records out first).
 
     Args:
         manifest: Pre-training JSONL manifest.
@@ -198,7 +200,27 @@ class ManifestPairs(Dataset):
     def get(self, index: int, rng: np.random.Generator | None = None) -> dict:
         """Item ``index`` with its augmentation drawn from ``rng`` (training only; None: unseeded)."""
         record = self.records[index]
-        return {"image": self.transform(self.reduced_image(index), rng), "text": record.text, "key": record.text}
+        try:
+            image = self.reduced_image(index)
+        except ImageError as error:
+            if not self.train:
+                raise
+            return bad_item(record.id, self.paths[index], error, manifest=str(self.manifest))
+        return {"image": self.transform(image, rng), "text": record.text, "key": record.text}
+
+    def drop_unreadable(self) -> list[dict]:
+        """Take out the records whose image cannot be read (a held-out set is evaluated whole); returns their rows."""
+        rows, keep = [], []
+        for index, record in enumerate(self.records):
+            try:
+                self.reduced_image(index)
+            except ImageError as error:
+                rows.append(bad_item(record.id, self.paths[index], error, manifest=str(self.manifest))["bad"])
+                continue
+            keep.append(index)
+        self.records, self.paths = [self.records[i] for i in keep], [self.paths[i] for i in keep]
+        self._cache = [self._cache[i] for i in keep]
+        return rows
 
     def reduced_image(self, index: int) -> np.ndarray:
         """The decoded, reduced uint8 image of record ``index`` (``(H, W)`` or ``(H, W, 3)``), cached when it fits."""
@@ -213,7 +235,7 @@ class ManifestPairs(Dataset):
         try:
             image = load_image(self.paths[index])
         except ImageError as error:
-            raise ImageError(f"record '{self.records[index].id}' of {self.manifest}: {error}") from None
+            raise type(error)(f"record '{self.records[index].id}' of {self.manifest}: {error}") from None
         if self.train:
             return np.ascontiguousarray(shrink_shorter_side(image, self.image_size))
         return np.ascontiguousarray(_resize_square(image, self.image_size))
@@ -232,10 +254,17 @@ class ManifestPairs(Dataset):
             threads: Decoding threads (PIL releases the GIL while decoding).
         """
         threads = max(1, threads)
+
+        def decode(index: int) -> np.ndarray | None:  # a bad record stays out: the worker reports it
+            try:
+                return self._decode(index)
+            except ImageError:
+                return None
+
         with ThreadPoolExecutor(threads) as pool:
             for start in range(0, len(self), 16 * threads):
                 todo = [i for i in range(start, min(start + 16 * threads, len(self))) if self._cache[i] is None]
-                stored = [self._store(i, image) for i, image in zip(todo, pool.map(self._decode, todo))]
+                stored = [image is None or self._store(i, image) for i, image in zip(todo, pool.map(decode, todo))]
                 if not all(stored):
                     break  # the budget is spent
         return sum(image is not None for image in self._cache)
@@ -352,7 +381,7 @@ class PairCollator:
     """Stacks images and tokenises texts: list of items -> batch dict.
 
     Batch keys: images (B, 3, S, S); input_ids, attention_mask, special_tokens_mask, word_ids (B, T);
-    match_key (B,) int64.
+    match_key (B,) int64; ``bad``: the rows of bad items (:mod:`mpma.data.bad_records`), left out of B.
     """
 
     def __init__(self, tokenizer, max_length: int) -> None:
@@ -360,7 +389,12 @@ class PairCollator:
         self.max_length = max_length
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        items, bad = split_bad(items)
+        if not items:
+            return {"bad": bad}
         batch = tokenize(self.tokenizer, [item["text"] for item in items], self.max_length)
         batch["images"] = torch.stack([item["image"] for item in items])
         batch["match_key"] = torch.tensor([key_to_int(item["key"]) for item in items], dtype=torch.int64)
+        if bad:
+            batch["bad"] = bad
         return batch

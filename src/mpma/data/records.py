@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from mpma.data.jsonl import ManifestError, read_jsonl
+
 ANSWER_TYPES: tuple[str, ...] = ("OPEN", "CLOSED")
 ManifestKind = Literal["pretrain", "vqa", "classification"]
-
-
-class ManifestError(ValueError):
-    """A manifest file is missing, malformed or inconsistent (message names path and line)."""
 
 
 def normalize_answer(answer: str) -> str:
@@ -253,34 +251,6 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file.
-
-    Raises:
-        ManifestError: the file is missing or unreadable, or a line is not a JSON object
-            (``"path:line: what is wrong"``).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({exc})") from exc
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
-        rows.append((lineno, data))
-    return rows
 
 
 def read_manifest(path: str | os.PathLike[str], kind: ManifestKind) -> list[Record]:

@@ -5,7 +5,7 @@ Layout written by ``mpma data prepare --pack`` (plain POSIX tar, readable with a
     <out>/shards/index.json            {"version", "kind", "image_size", "shards": [...]}
     <out>/shards/<split>-00000.tar     000000.json (the record) + 000000.jpg (its image), ...
 
-Each image is stored as :func:`mpma.data.image.encode_packed` makes it (JPEG, shorter side resized to the packed
+Each image is stored as :func:`mpma.data.sources.validate.encode_packed` makes it (JPEG, shorter side resized to the packed
 size, never upscaled; ``mpma data prepare`` encodes in its image-check workers). A shard is
 closed before it would exceed ``max_bytes`` and is renamed from ``*.tar.tmp`` only when complete,
 so a killed run never leaves a half shard that looks whole.

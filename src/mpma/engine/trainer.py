@@ -23,7 +23,15 @@ from torch import nn
 
 from mpma.config import OptimConfig, RunConfig
 from mpma.engine import checkpoint as ckpt
-from mpma.engine.distributed import DistEnv, mean_across_ranks
+from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
+from mpma.engine.run_folder import RunFolderWarning
+
+
+class DivergenceError(ValueError, FloatingPointError):
+    """Training diverged (a non-finite loss, or non-finite weights about to be checkpointed).
+
+    The message names the step and the last good checkpoint; no non-finite checkpoint is ever written.
+    """
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
@@ -144,20 +152,110 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else {}}
 
     def resume(self, checkpoint: Path) -> None:
-        """Load weights and optimizer state from a checkpoint folder; the next step is state['step']."""
-        ckpt.load_weights(self.weights_module, checkpoint / ckpt.WEIGHTS)
-        state = ckpt.load_state(checkpoint / ckpt.STATE)
+        """Load weights and optimizer state from a checkpoint folder; the next step is state['step'].
+
+        The optimizer's hyper-parameters (base learning rates, weight decay, betas, eps) stay those of
+        the configuration this trainer was built with, so a run resumed with changed ``optim.*``
+        settings uses them; its moments and step counts come from the checkpoint.
+
+        Raises:
+            ckpt.BrokenCheckpointError: a file of the checkpoint cannot be read.
+        """
+        weights, state = ckpt.read_checkpoint(checkpoint)
+        self._load(checkpoint, weights, state)
+
+    def _load(self, checkpoint: Path, weights: dict[str, torch.Tensor], state: dict) -> None:
+        ckpt.load_state_strict(self.weights_module, weights, checkpoint / ckpt.WEIGHTS)
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         if self.env.is_main:
             self._truncate_log(self.step)
 
-    def save(self) -> Path | None:
-        path = None
+    def resume_latest(self, check: Callable[[Path], None] | None = None) -> Path | None:
+        """Resume from the newest checkpoint of ``run_dir`` that can be read; None when there is none.
+
+        A checkpoint whose files cannot be read is renamed ``step_<N>.broken`` (rank 0) with a
+        :class:`RunFolderWarning` naming it and the reason, and the next older one is tried.
+
+        Args:
+            check: called with the chosen checkpoint folder before it is loaded (may raise, e.g. to
+                refuse a checkpoint of an older format).
+
+        Raises:
+            ckpt.BrokenCheckpointError: the run has checkpoints but none can be read (all set aside).
+        """
+        candidates = ckpt.list_checkpoints(self.run_dir)
+        broken: list[tuple[Path, str]] = []
+        chosen = None
+        for folder in reversed(candidates):
+            try:
+                weights, state = ckpt.read_checkpoint(folder)
+            except ckpt.BrokenCheckpointError as error:
+                broken.append((folder, str(error)))
+                continue
+            chosen = folder
+            break
+        barrier()  # every rank has read before rank 0 renames
         if self.env.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights_module, self.state_dict(),
+            for folder, reason in broken:
+                moved = ckpt.set_aside(folder)
+                fallback = f"resuming from {chosen.name}" if chosen is not None else "no older checkpoint is left"
+                warnings.warn(f"{self.run_dir}: checkpoint {folder.name} is broken and was moved aside to "
+                              f"{moved.name} ({reason}); {fallback}", RunFolderWarning, stacklevel=2)
+        if chosen is None:
+            if broken:
+                raise ckpt.BrokenCheckpointError(
+                    f"{self.run_dir}: none of its {len(broken)} checkpoints can be read (moved aside as *.broken "
+                    f"under {self.run_dir / 'checkpoints'}); --resume again starts the run over from step 0 with "
+                    "its config.json")
+            return None
+        if check is not None:
+            check(chosen)
+        self._load(chosen, weights, state)
+        return chosen
+
+    def last_good_checkpoint(self) -> str:
+        """"the last good checkpoint is <folder>" or that there is none yet (for error messages)."""
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        return f"the last good checkpoint is {latest}" if latest else f"{self.run_dir} has no good checkpoint"
+
+    def _diverged(self, terms: dict[str, float]) -> None:
+        """Raise DivergenceError for a non-finite loss at ``self.step``.
+
+        A checkpoint of this very step holds the weights that gave the loss: resuming from it would
+        fail the same way whatever the learning rate, so it is moved aside as ``step_<N>.diverged``
+        (rank 0) and the message names the checkpoint before it.
+        """
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        note = ""
+        if latest is not None and latest.name == ckpt.checkpoint_dir(self.run_dir, self.step).name:
+            if self.env.is_main:
+                moved = ckpt.set_aside(latest, ".diverged")
+                note = (f"checkpoint {latest.name} holds the weights that gave it and was moved aside to {moved.name} "
+                        "(rename it back to resume from it anyway); ")
+        raise DivergenceError(f"training diverged: non-finite loss at step {self.step} ({terms}); {note}"
+                              f"{self.last_good_checkpoint()}")
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank checks the values first).
+
+        Raises:
+            DivergenceError: the weights or the optimizer state hold NaN or inf; nothing is written.
+        """
+        path = None
+        state = self.state_dict()
+        try:
+            ckpt.check_finite(self.weights_module, state)
+        except ckpt.NonFiniteError as error:
+            raise DivergenceError(f"training diverged: after step {self.step} the model has {error}; no checkpoint "
+                                  f"was written and {self.last_good_checkpoint()}") from None
+        if self.env.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights_module, state,
                                         self.run_cfg.keep_checkpoints, self.write_model)
             if self.on_checkpoint:
                 self.on_checkpoint(self.step)
@@ -166,11 +264,29 @@ class Trainer:
         return path
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after ``step`` by the interrupted run (they will be replayed)."""
+        """Drop log lines written after ``step`` by the interrupted run (they will be replayed), and a
+        partial last line (a killed write) with a :class:`RunFolderWarning`.
+
+        Raises:
+            ValueError: a line other than the last cannot be parsed (named by file and line number).
+        """
         log = self.run_dir / "log.jsonl"
         if not log.exists():
             return
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number < len(lines):
+                    raise ValueError(f"{log}, line {number}: not valid JSON ({error.msg}); fix or delete that line, "
+                                     "then --resume again") from None
+                warnings.warn(f"{log}: dropped its partial last line (line {number}, {len(line)} characters, "
+                              "left by a killed write)", RunFolderWarning, stacklevel=3)
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
         tmp = log.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(log)
@@ -202,8 +318,7 @@ class Trainer:
                 raise RuntimeError(f"the task returned no value for the loss terms {sorted(missing)}")
             total = sum(self.loss_weights[name] * result.losses[name].float() for name in self.loss_weights)
             if not torch.isfinite(total):
-                terms = {k: float(v.detach()) for k, v in result.losses.items()}
-                raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
+                self._diverged({k: float(v.detach()) for k, v in result.losses.items()})
             scaled = total / self.optim_cfg.accumulate
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         losses = {k: float(v.detach()) for k, v in result.losses.items()}

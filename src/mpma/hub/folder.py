@@ -16,8 +16,12 @@ A pre-training run's ``checkpoints/step_N/`` and a fine-tuning run's ``best/`` a
 checkpoint adds the trainer's ``state.pt``). Loading is strict (a missing or unexpected key is an
 error naming every one) and never unpickles: weights are read only from ``model.safetensors``. The
 folder is self-contained: the text encoder is rebuilt from the saved ``transformers`` config, and
-``*.init`` paths recorded at training time are not read. Run folders written by mpma 0.1.0 load
-through :mod:`mpma.hub.legacy` (or are rewritten by ``mpma convert --upgrade``).
+``*.init`` paths recorded at training time are not read: loading reads nothing outside the folder.
+``config.json`` is checked before anything is built (every key of the backbone config, the text
+encoder's shape, vocabulary and padding id, heads, pre-processing): a damaged or hand-edited file is
+an error naming the folder and the key, and a model too large for the memory available (or for
+``max_params``) is refused before it is allocated. Run folders written by mpma 0.1.0 load through
+:mod:`mpma.hub.legacy` (or are rewritten by ``mpma convert --upgrade``).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from mpma.data.text import load_tokenizer
 from mpma.engine import checkpoint as ckpt
 from mpma.models.factory import WeightsMismatchError, create_model, load_state_strict, read_state
 from mpma.models.mpma import MPMAModel
+from mpma.models.size import check_model_size
 from mpma.tasks.base import get_task
 from mpma.hub.card import model_card
+from mpma.hub.checks import check_meta, check_task, folder_parameters
 
 FORMAT_VERSION = 1
 WEIGHTS = ckpt.WEIGHTS
@@ -180,7 +186,10 @@ def read_json(path: Path) -> dict:
 def is_model_folder(path: str | Path) -> bool:
     """True for a folder whose config.json says it is a model folder."""
     config = Path(path) / "config.json"
-    return config.is_file() and "mpma_format" in read_json(config)
+    if not config.is_file():
+        return False
+    values = read_json(config)
+    return isinstance(values, dict) and "mpma_format" in values
 
 
 def resolve_model_folder(path: str | Path) -> Path | None:
@@ -210,17 +219,21 @@ def split_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def from_pretrained(path: str | Path, device: str | torch.device = "cpu", drop_heads: set[str] = frozenset()) -> PretrainedModel:
-    """Load a model folder (strict; only ``model.safetensors`` is read).
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu", drop_heads: set[str] = frozenset(),
+                    max_params: int | None = None) -> PretrainedModel:
+    """Load a model folder (strict; only ``model.safetensors`` is read; nothing outside the folder is read).
 
     Args:
         path: the folder.
         device: where the module goes.
         drop_heads: backbone pre-training heads not to build (e.g. ``{"mlm_head", "mim_decoder"}`` for fine-tuning);
             their saved weights are skipped.
+        max_params: refuse a folder whose config describes more parameters (None: only the available-memory check).
 
     Raises:
         FileNotFoundError: not such a folder, or it has no model.safetensors.
+        ValueError (ConfigError, FolderError): a missing or invalid key of config.json / task.json, named.
+        ModelTooLargeError: the config describes a model above ``max_params`` or the available memory.
         WeightsMismatchError: missing/unexpected/mis-shaped keys, each named.
     """
     folder = Path(path)
@@ -228,18 +241,19 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", drop_h
         raise FileNotFoundError(f"{folder}: no config.json (expected a model folder written by save_pretrained, "
                                 "`mpma convert` or a training run)")
     meta = read_json(folder / "config.json")
-    if meta.get("mpma_format") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("mpma_format") != FORMAT_VERSION:
         raise ValueError(f"{folder}/config.json is not an mpma model folder of format {FORMAT_VERSION} "
-                         f"(mpma_format={meta.get('mpma_format')!r}); run folders load with mpma.hub.load_model")
+                         f"(mpma_format={meta.get('mpma_format') if isinstance(meta, dict) else None!r}); run folders "
+                         "load with mpma.hub.load_model")
     _refuse_pickles(folder)
-    for key in ("backbone", "vocab_size", "pad_token_id"):
-        if key not in meta:
-            raise ValueError(f"{folder}/config.json has no '{key}': the folder is damaged or was not written by mpma")
-    config = config_from_dict(meta["backbone"])
-    config.vision.init = config.text.init = None  # the weights are in the folder
-    state = read_state(folder / WEIGHTS)
+    config = check_meta(folder, meta)
+    config.vision.init = config.text.init = None  # the weights are in the folder: nothing outside it is read
     task = read_json(folder / "task.json") if (folder / "task.json").exists() else None
+    if task is not None:
+        check_task(folder, task)
     heads = set(meta.get("backbone_modules", [])) - set(drop_heads)
+    check_model_size(folder_parameters(config, meta, heads, task), max_params, f"{folder}/config.json")
+    state = read_state(folder / WEIGHTS)
     task_module = task is not None and task.get("head", {}).get("type") not in ("zero_shot", "none")
     dropped = tuple(f"{'backbone.' if task_module else ''}{head}." for head in drop_heads)
     state = {k: v for k, v in state.items() if not k.startswith(dropped)}
@@ -248,14 +262,19 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", drop_h
     backbone = create_model(config, meta["vocab_size"], meta["pad_token_id"], heads=heads,
                             align_parts=(meta.get("align_global", True), meta.get("align_local", True)),
                             text_encoder=meta.get("text_encoder"), state=None if task_module else state,
-                            source=folder / WEIGHTS)
+                            source=folder / WEIGHTS, max_params=max_params)
     module = get_task(task["task"]).module_from_settings(backbone, task) if task is not None else backbone
     if task_module:
         load_state_strict(module, state, folder / WEIGHTS)
     module.to(device).eval()
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    if len(tokenizer) > backbone.text.word_embeddings().num_embeddings:
+        raise ValueError(f"{folder}/tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                         f"{backbone.text.word_embeddings().num_embeddings} (config.json 'vocab_size'): the tokenizer "
+                         "is not this model's")
     metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else None
     provenance = read_json(folder / "provenance.json") if (folder / "provenance.json").exists() else {}
-    return PretrainedModel(module, backbone, load_tokenizer(folder / "tokenizer"), config, task,
+    return PretrainedModel(module, backbone, tokenizer, config, task,
                            meta.get("preprocess") or preprocess_settings(config), metrics, provenance, folder)
 
 

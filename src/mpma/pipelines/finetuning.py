@@ -9,7 +9,13 @@ Run folder::
     curves.png      the log drawn after each epoch (``mpma visualize curves``)
     best/           a model folder (mpma.hub) of the epoch with the best validation metric
     checkpoints/    step_<N>/: a model folder + the trainer's state.pt, once per epoch
-    metrics.json, metrics.md  test metrics of the best epoch (evaluated once, at the end)
+    metrics.json, metrics.md  test metrics of the best epoch (evaluated once, at the end); bad_records
+    rejects.jsonl   one line per image that cannot be read (its examples are left out of every split)
+    .lock           while a process writes into the folder (mpma.engine.run_folder.RunLock)
+
+``--out`` is guarded (:func:`mpma.engine.run_folder.prepare_run_folder`): a folder holding another
+run, this run finished, or other files is refused unless ``--overwrite``; an unfinished run of the
+same configuration is started again (fine-tuning has no --resume).
 """
 
 from __future__ import annotations
@@ -17,17 +23,20 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from mpma.config import Config, ConfigError, FinetuneConfig, config_from_dict, load_config
+from mpma.data.bad_records import REJECTS, check_fraction, left_out, write_rejects
 from mpma.data.collate import ExampleList, ImageStore, TaskCollator
 from mpma.data.sampling import EpochBatches, iterate_batches
 from mpma.data.sources.identity import describe_identity, test_set_identity
 from mpma.data.text import TokenizerCoverageWarning, cached_tokenizer, coverage_warning, load_tokenizer, unknown_token_rate
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
+from mpma.engine.run_folder import FINETUNE, RunLock, prepare_run_folder
 from mpma.engine.trainer import Trainer, parameter_groups
 from mpma.eval.metrics import scalar_items
 from mpma.hub import load_model, save_pretrained
@@ -41,6 +50,8 @@ from mpma.viz.curves import write_run_curves
 
 # pre-training heads no downstream task reads: never built for fine-tuning
 FINETUNE_DROPPED_HEADS = {"mlm_head", "mim_decoder"}
+# config.json keys fix_schedule computes from the epochs: not compared when telling whether a folder holds this run
+SCHEDULE_KEYS = {"optim.steps", "optim.warmup_steps", "run.checkpoint_every"}
 
 
 def scratch_tokenizer(config: FinetuneConfig, backbone_config: Config, task_texts):
@@ -81,6 +92,8 @@ class FinetuneRun:
             self.backbone_config = pretrained.config
         image_size = self.backbone_config.vision.image_size
         self.data = build_task_data(self.task, config.data, image_size)
+        images = ImageStore(image_size)  # every image read once up front; examples whose image fails are left out
+        self.bad_images, self.image_files = images.drop_unreadable(self.data.splits) if self.task.reads_image else ([], 0)
         self.multi_label = self.data.multi_label
         self.max_length = self.backbone_config.text.max_length
         if pretrained is None:
@@ -91,7 +104,7 @@ class FinetuneRun:
             self.tokenizer, self.backbone = pretrained.tokenizer, pretrained.backbone.train()
         self.fresh_alignment = self.task.prepare_backbone(config, self.backbone)
         self.classes = self.task.classes(config, self.data)
-        self.collate = TaskCollator(self.tokenizer, self.max_length, ImageStore(image_size), reads_image=self.task.reads_image,
+        self.collate = TaskCollator(self.tokenizer, self.max_length, images, reads_image=self.task.reads_image,
                                     text_fields=self.task.text_fields, target=self.task.target, classes=self.classes,
                                     multi_label=self.multi_label, soft_targets=self.task.soft_targets(config),
                                     blank_images=config.data.blank_images)
@@ -216,42 +229,61 @@ def _test(run: FinetuneRun, best: dict, coverage: dict | None) -> dict:
     return result
 
 
-def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
     """Fine-tune (``epochs`` > 0) with best-epoch selection on val, then test once; returns test metrics.
 
     ``best/`` is a model folder (mpma.hub) of the best epoch (of the untrained model for zero-shot tasks).
+
+    Args:
+        overwrite: run even when ``out_dir`` holds another run, this run finished, or other files:
+            the run files in it (:data:`mpma.engine.run_folder.RUN_FILES`) are removed first; other
+            files are kept.
+
+    Raises:
+        RunFolderError: ``out_dir`` cannot take this run (see ``prepare_run_folder``), or another
+            process uses it (RunFolderLockedError).
     """
     run_dir = Path(out_dir)
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     env = distributed.setup(config.run.device)
     try:
-        torch.manual_seed(config.run.seed)
-        run = FinetuneRun(config, env.device)
-        train = run.data.splits["train"]
-        epochs = config.epochs if run.module is not None else 0  # zero-shot tasks never train
-        sampler = EpochBatches(len(train), min(config.data.batch_size, len(train)), config.data.seed, env.rank, env.world_size)
-        fix_schedule(config, epochs, sampler.batches_per_epoch)
-        coverage = run.tokenizer_coverage() if env.is_main else None  # [UNK] share of the training text
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", config.to_dict())
-            write_json(run_dir / "backbone.json", run.backbone_config.to_dict())
-            write_json(run_dir / "task.json", {**run.task_metadata(), "tokenizer_coverage": coverage})
-            run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-        best = _train(run, run_dir, env, sampler, progress) if epochs > 0 else {"value": -math.inf, "epoch": 0}
-        result = {}
-        if env.is_main:
-            result = _test(run, best, coverage)
-            write_json(run_dir / "metrics.json", result)
-            (run_dir / "metrics.md").write_text(metrics_markdown(result))
-            if epochs == 0:
-                run.save_model(run_dir / "best", 0, result)
-            else:
-                write_json(run_dir / "best" / "metrics.json", result)
-        return result
+        with RunLock(run_dir) if env.is_main else nullcontext():  # under torchrun rank 0 holds the lock
+            if env.is_main:
+                prepare_run_folder(run_dir, FINETUNE, config.to_dict(), overwrite, ignore=SCHEDULE_KEYS)
+            return _finetune(config, run_dir, env, progress)
     finally:
         distributed.cleanup()
+
+
+def _finetune(config: FinetuneConfig, run_dir: Path, env, progress: bool) -> dict:
+    """The body of :func:`run_finetune`, in a folder it holds (lock taken, guard passed)."""
+    torch.manual_seed(config.run.seed)
+    run = FinetuneRun(config, env.device)
+    train = run.data.splits["train"]
+    epochs = config.epochs if run.module is not None else 0  # zero-shot tasks never train
+    sampler = EpochBatches(len(train), min(config.data.batch_size, len(train)), config.data.seed, env.rank, env.world_size)
+    fix_schedule(config, epochs, sampler.batches_per_epoch)
+    coverage = run.tokenizer_coverage() if env.is_main else None  # [UNK] share of the training text
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "backbone.json", run.backbone_config.to_dict())
+        write_json(run_dir / "task.json", {**run.task_metadata(), "tokenizer_coverage": coverage})
+        run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+        write_rejects(run_dir / REJECTS, run.bad_images)
+    check_fraction(run.bad_images, run.image_files, config.data.max_bad_fraction, "images", "image", run_dir / REJECTS)
+    best = _train(run, run_dir, env, sampler, progress) if epochs > 0 else {"value": -math.inf, "epoch": 0}
+    result = {}
+    if env.is_main:
+        result = {**_test(run, best, coverage), "bad_records": left_out(run.bad_images)}  # listed in rejects.jsonl
+        write_json(run_dir / "metrics.json", result)
+        (run_dir / "metrics.md").write_text(metrics_markdown(result))
+        if epochs == 0:
+            run.save_model(run_dir / "best", 0, result)
+        else:
+            write_json(run_dir / "best" / "metrics.json", result)
+    return result
 
 
 def metrics_markdown(result: dict) -> str:
@@ -277,6 +309,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     if split not in run.data.splits:
         raise ValueError(f"split '{split}' not in {sorted(run.data.splits)}")
     metrics = run.evaluate(split)
+    if left_out(run.bad_images, split):  # as in the run: examples whose image cannot be read are not scored
+        warnings.warn(f"{left_out(run.bad_images, split)} {split} examples left out: their image cannot be read "
+                      f"(listed in {run_dir / REJECTS})", stacklevel=2)
     metrics["test_set"] = test_set_identity(config.data.dataset, {k: len(v) for k, v in run.data.splits.items()},
                                             split=split)
     return metrics

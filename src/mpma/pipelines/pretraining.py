@@ -7,7 +7,12 @@ Run folder layout::
     log.jsonl          one line per logged step: every loss term, metrics, lr, samples/s
     curves.png         the log drawn at each checkpoint (``mpma visualize curves``)
     checkpoints/       step_<N>/: a model folder (mpma.hub) + the trainer's state.pt (atomic)
-    summary.json       loss first/last means and the zero-shot retrieval check
+    summary.json       loss first/last means, the zero-shot retrieval check, bad_records (rejects.jsonl lists them)
+    .lock              while a process writes into the folder (mpma.engine.run_folder.RunLock)
+
+``--out`` is guarded (:func:`mpma.engine.run_folder.prepare_run_folder`): a folder holding another
+run or other files is refused unless ``--overwrite``. ``--resume`` continues from the newest
+checkpoint that can be read and accepts changes of ``optim.*`` / ``run.*`` (:func:`resume_config`).
 """
 
 from __future__ import annotations
@@ -15,25 +20,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from mpma.config import Config, ConfigError, config_from_dict
+from mpma.data.bad_records import BadRecords, count_bad_records
 from mpma.data.corpora import corpus_texts
 from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, PairCollator, SynthradPairs, parse_data_spec
 from mpma.data.sampling import EpochBatches, iterate_batches
 from mpma.data.shards import open_pairs
 from mpma.data.synthrad import SynthRad
 from mpma.data.text import CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, cached_tokenizer, load_tokenizer
-from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
-from mpma.engine.trainer import Trainer, parameter_groups
+from mpma.engine.run_folder import PRETRAIN, RunLock, prepare_run_folder, resumable_run
+from mpma.engine.trainer import DivergenceError, Trainer, parameter_groups
 from mpma.eval.retrieval import embed_dataset, retrieval_report
-from mpma.eval.grounding import flat_grounding, grounding_report
-from mpma.hub import PretrainedModel, is_model_folder, preprocess_settings, save_pretrained
-from mpma.hub.folder import pretrain_provenance
+from mpma.hub import is_model_folder, save_pretrained
+from mpma.hub.folder import pretrain_provenance, write_json
 from mpma.models.factory import create_model
+from mpma.pipelines.diagnostics import GroundingDiagnostics
+from mpma.pipelines.resuming import record_config_change, resume_config
 from mpma.tasks.pretrain import PretrainTask
 from mpma.viz.curves import write_run_curves
 
@@ -195,78 +203,94 @@ def summarize_losses(log_path: Path, total_steps: int, terms: list[str]) -> dict
 
 
 def load_run_config(run_dir: Path) -> Config:
-    return config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    return config_from_dict(values)
 
 
-def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``."""
+def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                    overwrite: bool = False, resume_overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Pre-train (or resume) into ``out_dir``; returns the summary written to ``summary.json``.
+
+    Args:
+        config: the run's configuration; ignored with ``resume`` (the run's ``config.json`` decides).
+        resume: continue the run in ``out_dir`` from its newest checkpoint that can be read (broken
+            ones are moved aside as ``step_<N>.broken``).
+        overwrite: start the run even when ``out_dir`` holds another run or other files: the run
+            files in it (:data:`mpma.engine.run_folder.RUN_FILES`) are removed first; other files are kept.
+        resume_overrides: ``key=value`` changes of ``optim.*`` / ``run.*`` for the resumed run (e.g.
+            a lower ``optim.lr`` after a divergence, a larger ``optim.steps``; see
+            :mod:`mpma.pipelines.resuming`); written to its ``config.json`` and recorded in ``log.jsonl``
+            as ``{"step", "config_change"}``.
+
+    Raises:
+        RunFolderError: ``out_dir`` holds another run or other files (see ``prepare_run_folder``), or
+            another process uses it (RunFolderLockedError).
+        DivergenceError: a non-finite loss or non-finite weights; names the step and the last good checkpoint.
+    """
     run_dir = Path(out_dir)
+    changes: dict[str, tuple] = {}
+    if resume and overwrite:
+        raise ValueError(f"--resume continues the run in {run_dir} and --overwrite replaces it: pass one of them")
     if resume:  # the run's own config.json decides (``config`` may be None)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"--resume: {run_dir} has no config.json (is it a run folder?)")
-        config = load_run_config(run_dir)
+        resumable_run(run_dir, PRETRAIN)
+        config, changes = resume_config(load_run_config(run_dir), resume_overrides)
+    elif resume_overrides:
+        raise ValueError("resume_overrides apply to a resumed run only (resume=True)")
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     env = distributed.setup(config.run.device)
     try:
-        if not resume and env.is_main and (run_dir / "checkpoints").exists() and ckpt.list_checkpoints(run_dir):
-            raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it or choose --out")
-        torch.manual_seed(config.run.seed)
-        data = build_pretrain_data(config)
-        run_tokenizer = run_dir / "tokenizer"
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not (resume and run_tokenizer.is_dir()):  # a resumed run keeps the vocabulary it started with
-                build_tokenizer(config, data).save_pretrained(str(run_tokenizer))
-            config.save(run_dir / "config.json")
-        distributed.barrier()
-        tokenizer = load_tokenizer(run_tokenizer)
-        task = build_task(config, tokenizer).to(env.device)
-        grounding = None
-        if env.is_main and config.run.grounding_every > 0 and hasattr(data.held_out, "cases"):  # synthrad truth
-            grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir)
-        trainer = _make_trainer(task, tokenizer, config, run_dir, env, grounding)
-        latest = ckpt.latest_checkpoint(run_dir) if resume else None
-        if latest is not None:
-            refuse_legacy_checkpoint(run_dir, latest)
-            trainer.resume(latest)
-        elif env.is_main:
-            (run_dir / "log.jsonl").unlink(missing_ok=True)  # starting at step 0: drop a killed run's log
-        collate = PairCollator(tokenizer, config.text.max_length)
-        started = time.perf_counter()
-        trainer.fit(lambda start: _batches(data.train, collate, config, env, start), progress)
-        train_seconds = time.perf_counter() - started
-        if not env.is_main:
-            return {}
-        return _write_summary(task, data, collate, config, run_dir, env, train_seconds, grounding)
+        with RunLock(run_dir) if env.is_main else nullcontext():  # under torchrun rank 0 holds the lock
+            if env.is_main and not resume:
+                prepare_run_folder(run_dir, PRETRAIN, config.to_dict(), overwrite)
+            return _pretrain(config, run_dir, env, resume, progress, changes)
     finally:
         distributed.cleanup()
 
 
-class GroundingDiagnostics:
-    """The pointing game and the MLM image gap (:mod:`mpma.eval.grounding`) of the model being trained,
-    appended to ``log.jsonl`` as ``{"step", "grounding": {...}}``; the last report is kept for the summary."""
-
-    def __init__(self, model, tokenizer, config: Config, run_dir: Path) -> None:
-        self.loaded = PretrainedModel(model, model, tokenizer, config, preprocess=preprocess_settings(config))
-        self.run_dir = run_dir
-        self.last: tuple[int, dict] | None = None
-
-    def measure(self, step: int) -> dict:
-        """The report at ``step``; logged unless the log already holds this step's (a resumed, finished run)."""
-        report = grounding_report(self.loaded)
-        if not self._logged(step):
-            with (self.run_dir / "log.jsonl").open("a") as handle:
-                handle.write(json.dumps({"step": step, "grounding": flat_grounding(report)}) + "\n")
-        self.last = (step, report)
-        return report
-
-    def _logged(self, step: int) -> bool:
-        log = self.run_dir / "log.jsonl"
-        if not log.is_file():
-            return False
-        rows = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
-        return any(row.get("step") == step and "grounding" in row for row in rows)
+def _pretrain(config: Config, run_dir: Path, env, resume: bool, progress: bool, changes: dict[str, tuple]) -> dict:
+    """The body of :func:`run_pretraining`, in a folder it holds (lock taken, guard passed)."""
+    torch.manual_seed(config.run.seed)
+    data = build_pretrain_data(config)
+    run_tokenizer = run_dir / "tokenizer"
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and run_tokenizer.is_dir()):  # a resumed run keeps the vocabulary it started with
+            build_tokenizer(config, data).save_pretrained(str(run_tokenizer))
+        if not resume:  # a resumed run's config.json is rewritten once its checkpoint is loaded
+            write_json(run_dir / "config.json", config.to_dict())
+    distributed.barrier()
+    tokenizer = load_tokenizer(run_tokenizer)
+    task = build_task(config, tokenizer).to(env.device)
+    grounding = None
+    if env.is_main and config.run.grounding_every > 0 and hasattr(data.held_out, "cases"):  # synthrad truth
+        grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir)
+    trainer = _make_trainer(task, tokenizer, config, run_dir, env, grounding)
+    latest = None
+    if resume:
+        latest = trainer.resume_latest(check=lambda checkpoint: refuse_legacy_checkpoint(run_dir, checkpoint))
+    if latest is None and env.is_main:
+        (run_dir / "log.jsonl").unlink(missing_ok=True)  # starting at step 0: drop a killed run's log
+    if resume and env.is_main:
+        write_json(run_dir / "config.json", config.to_dict())  # with the changes, if any
+        if changes:
+            record_config_change(run_dir, trainer.step, changes)
+    collate = PairCollator(tokenizer, config.text.max_length)
+    bad = BadRecords.for_training(data, config.data.max_bad_fraction, run_dir, env, fresh=latest is None)
+    started = time.perf_counter()
+    try:
+        trainer.fit(lambda start: bad.filter(_batches(data.train, collate, config, env, start)), progress)
+    except DivergenceError as error:
+        raise DivergenceError(f"{error}. To go on from there (from step 0 without a checkpoint) with a lower "
+                              f"learning rate: mpma pretrain --out {run_dir} --resume optim.lr=<lower>") from None
+    train_seconds = time.perf_counter() - started
+    if not env.is_main:
+        return {}
+    return _write_summary(task, data, collate, config, run_dir, env, train_seconds, grounding)
 
 
 def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env,
@@ -304,11 +328,13 @@ def _write_summary(task: PretrainTask, data: PretrainData, collate, config: Conf
         "parameters": sum(p.numel() for p in model.parameters()),
         "losses": summarize_losses(run_dir / "log.jsonl", config.optim.steps, ["loss", *task.loss_weights]),
         "retrieval": evaluate_zero_shot_retrieval(model, data, collate, config, env.device),
+        "bad_records": count_bad_records(run_dir),  # every rank's, listed in rejects.jsonl
     }
     if grounding is not None:
         last = grounding.last
         report = last[1] if last is not None and last[0] == config.optim.steps else grounding.measure(config.optim.steps)
         summary["grounding"] = {"step": config.optim.steps, **report}
+        write_run_curves(run_dir)  # the last step's grounding line is drawn too
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(run_dir / "summary.json")

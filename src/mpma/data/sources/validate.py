@@ -9,6 +9,7 @@ in a process pool with a progress bar.
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpma.data.image import ImageError, encode_packed, load_image
+from PIL import Image
+
+from mpma.data.image import ImageError, ImageTooLargeError, load_image
+from mpma.data.jsonl import iter_jsonl
 from mpma.data.records import ManifestKind, Record, read_manifest, record_from_dict, resolve_image
 from mpma.data.sources.adapters import make_adapter
 
@@ -47,7 +51,8 @@ class ImageCheck:
         path: The file checked.
         ok: Whether it decodes to a non-empty image.
         reason: Short reason when not ok (``"image missing"``, ``"image file empty"``,
-            ``"image does not decode"``, ``"image has zero size"``).
+            ``"image does not decode"``, ``"image has zero size"``, ``"image too large"``: more
+            pixels than :func:`mpma.data.image.max_image_pixels`, refused before decoding).
         detail: The decoder's message.
         width: Decoded width in pixels.
         height: Decoded height in pixels.
@@ -71,6 +76,22 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def encode_packed(array: Any, size: int, quality: int = 90) -> bytes:
+    """JPEG bytes of a uint8 image whose shorter side is resized to ``size`` (never upscaled).
+
+    Grayscale stays single-channel (smaller and faster to decode); colour is RGB.
+    """
+    image = Image.fromarray(array if array.ndim == 2 else array[:, :, :3])
+    short = min(image.size)
+    if short > size:
+        scale = size / short
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def check_image(path: str, pack_size: int | None = None, quality: int = 90) -> ImageCheck:
     """Check that ``path`` is a decodable, non-empty image; optionally return packed bytes.
 
@@ -86,6 +107,8 @@ def check_image(path: str, pack_size: int | None = None, quality: int = 90) -> I
         return ImageCheck(path, False, "image file empty", f"{path} has 0 bytes")
     try:
         array = load_image(path)
+    except ImageTooLargeError as exc:  # refused from its header: nothing was decoded
+        return ImageCheck(path, False, "image too large", str(exc))
     except ImageError as exc:
         reason = "image has zero size" if "zero size" in str(exc) else "image does not decode"
         return ImageCheck(path, False, reason, str(exc))
@@ -163,15 +186,9 @@ def infer_kind(manifest: str | os.PathLike[str]) -> ManifestKind:
         kind = json.loads(info.read_text(encoding="utf-8")).get("kind")
         if kind in ("pretrain", "vqa", "classification"):
             return kind
-    with manifest.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict):
-                return "vqa" if "question" in data else (
-                    "classification" if "labels" in data else "pretrain")
+    for _, data, _ in iter_jsonl(manifest):
+        if data is not None:
+            return "vqa" if "question" in data else ("classification" if "labels" in data else "pretrain")
     raise ValueError(f"{manifest}: no record to infer the kind from; pass --kind")
 
 
@@ -244,31 +261,27 @@ def _check_lines(manifest: Path, kind: ManifestKind, known_labels: Iterable[str]
     good: list[tuple[Record, str]] = []
     seen: dict[str, str] = {}
     total = 0
-    with manifest.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            total += 1
-            where = f"{manifest.name}:{lineno}"
-            data: Any = None
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-                record = record_from_dict(data, kind)
-            except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-                ident = str(data.get("id", where)) if isinstance(data, dict) else where
-                rejects.append(Reject(ident, where, "invalid record", str(exc)))
-                continue
-            if record.id in seen:
-                rejects.append(Reject(record.id, where, "duplicate id", f"first at {seen[record.id]}"))
-                continue
-            seen[record.id] = where
-            problem = record_problem(record, known_labels)
-            if problem:
-                rejects.append(Reject(record.id, where, *problem))
-                continue
-            good.append((record, where))
+    for lineno, data, problem in iter_jsonl(manifest):
+        total += 1
+        where = f"{manifest.name}:{lineno}"
+        if data is None:  # not UTF-8, not JSON or not an object: reported, the next lines are checked
+            reason = "line not UTF-8" if problem.startswith("not UTF-8") else "invalid record"
+            rejects.append(Reject(where, where, reason, f"line {lineno}: {problem}"))
+            continue
+        try:
+            record = record_from_dict(data, kind)
+        except (ValueError, TypeError) as exc:
+            rejects.append(Reject(str(data.get("id", where)), where, "invalid record", str(exc)))
+            continue
+        if record.id in seen:
+            rejects.append(Reject(record.id, where, "duplicate id", f"first at {seen[record.id]}"))
+            continue
+        seen[record.id] = where
+        content = record_problem(record, known_labels)
+        if content:
+            rejects.append(Reject(record.id, where, *content))
+            continue
+        good.append((record, where))
     return total, rejects, good
 
 

@@ -35,7 +35,12 @@ class VQARadError(ValueError):
     """The VQA-RAD folder is missing, incomplete or inconsistent."""
 
 
-def _read_split(path: Path, split: str, image_dir: Path) -> list[VQARecord]:
+def read_entries(path: Path) -> list:
+    """The JSON list of a split file (``trainset.json`` / ``testset.json``).
+
+    Raises:
+        VQARadError: the file cannot be read, is not JSON or not a list.
+    """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -44,40 +49,49 @@ def _read_split(path: Path, split: str, image_dir: Path) -> list[VQARecord]:
         raise VQARadError(f"{path}: cannot read ({exc})") from exc
     if not isinstance(raw, list):
         raise VQARadError(f"{path}: expected a JSON list of questions, got {type(raw).__name__}")
+    return raw
+
+
+def entry_fields(item: Any, split: str, image_dir: Path, where: str) -> dict[str, Any]:
+    """The :class:`VQARecord` fields of one release entry, before the record's own checks.
+
+    ``question`` is the raw value and ``answer`` the normalised one (``None`` for a JSON ``null``).
+
+    Raises:
+        VQARadError: not an object, a required field missing, or an answer that is neither text nor
+            a number (the message starts with ``where``).
+    """
+    if not isinstance(item, dict):
+        raise VQARadError(f"{where}: expected an object, got {type(item).__name__}")
+    if "qid" in item:
+        where += f" (qid {item['qid']})"
+    missing = [name for name in REQUIRED_FIELDS if name not in item]
+    if missing:
+        raise VQARadError(f"{where}: missing field {', '.join(repr(m) for m in missing)}")
+    raw_answer: Any = item["answer"]
+    if raw_answer is not None and (isinstance(raw_answer, bool) or not isinstance(raw_answer, (str, int, float))):
+        raise VQARadError(f"{where}: answer must be text or a number, got {raw_answer!r}")
+    meta = {key: value for key, value in item.items()
+            if key not in ("question", "answer", "answer_type", "question_type")}
+    meta["raw_answer"] = raw_answer
+    meta["raw_answer_type"] = item["answer_type"]
+    if "question_type" in item:
+        meta["raw_question_type"] = item["question_type"]
+    return {"id": str(item["qid"]), "image": str(image_dir / str(item["image_name"])),
+            "question": item["question"], "answer": None if raw_answer is None else normalize_answer(str(raw_answer)),
+            "answer_type": str(item["answer_type"]), "split": split,
+            "question_type": str(item.get("question_type", "")).strip().upper(), "meta": meta}
+
+
+def _read_split(path: Path, split: str, image_dir: Path) -> list[VQARecord]:
     records: list[VQARecord] = []
-    for index, item in enumerate(raw):
+    for index, item in enumerate(read_entries(path)):
         where = f"{path}: entry {index}"
-        if not isinstance(item, dict):
-            raise VQARadError(f"{where}: expected an object, got {type(item).__name__}")
-        if "qid" in item:
-            where += f" (qid {item['qid']})"
-        missing = [name for name in REQUIRED_FIELDS if name not in item]
-        if missing:
-            raise VQARadError(f"{where}: missing field {', '.join(repr(m) for m in missing)}")
-        raw_answer: Any = item["answer"]
-        if isinstance(raw_answer, bool) or not isinstance(raw_answer, (str, int, float)):
-            raise VQARadError(f"{where}: answer must be text or a number, got {raw_answer!r}")
-        meta = {
-            key: value for key, value in item.items()
-            if key not in ("question", "answer", "answer_type", "question_type")
-        }
-        meta["raw_answer"] = raw_answer
-        meta["raw_answer_type"] = item["answer_type"]
-        if "question_type" in item:
-            meta["raw_question_type"] = item["question_type"]
+        fields = entry_fields(item, split, image_dir, where)
         try:
-            record = VQARecord(
-                id=str(item["qid"]),
-                image=str(image_dir / str(item["image_name"])),
-                question=str(item["question"]).strip(),
-                answer=normalize_answer(str(raw_answer)),
-                answer_type=str(item["answer_type"]),
-                split=split,
-                question_type=str(item.get("question_type", "")).strip().upper(),
-                meta=meta,
-            )
+            record = VQARecord(**{**fields, "question": str(fields["question"]).strip()})
         except (TypeError, ValueError) as exc:
-            raise VQARadError(f"{where}: {exc}") from None
+            raise VQARadError(f"{where} (qid {item['qid']}): {exc}") from None
         records.append(record)
     return records
 

@@ -39,7 +39,8 @@ text pairs), :mod:`~mpma.data.synthrad.render` (the image) and :mod:`~mpma.data.
 """
 
 from mpma.data.synthrad.dataset import (
-    TEST_OFFSET, VAL_OFFSET, SynthRad, case_report, generate_case, synthrad_splits, write_synthrad,
+    SYNTH_MANIFESTS, TEST_OFFSET, VAL_OFFSET, SynthRad, case_report, generate_case, synthrad_splits,
+    write_synthrad,
 )
 from mpma.data.synthrad.render import render
 from mpma.data.synthrad.text import (
@@ -50,8 +51,8 @@ from mpma.data.synthrad.text import (
 
 __all__ = [
     "ALLOWED_LOCATIONS", "COMBOS", "FINDING_KINDS", "LABELS", "NEGATION_SENTENCES",
-    "NORMAL_SENTENCES", "SIDES", "SIZES", "SYNONYMS", "TEST_OFFSET", "VAL_OFFSET", "ZONES",
-    "ZONE_WORDS", "Finding", "VQAPair", "SynthCase", "SynthRad", "build_report", "build_vqa",
+    "NORMAL_SENTENCES", "SIDES", "SIZES", "SYNONYMS", "SYNTH_MANIFESTS", "TEST_OFFSET", "VAL_OFFSET",
+    "ZONES", "ZONE_WORDS", "Finding", "VQAPair", "SynthCase", "SynthRad", "build_report", "build_vqa",
     "case_report", "entailment_label", "finding_key", "generate_case", "labels_for", "render",
     "sample_findings", "synthrad_splits", "text_pairs", "write_synthrad",
 ]

@@ -116,16 +116,24 @@ def synthrad_splits(n_train: int, n_val: int, n_test: int, seed: int = 0,
             "test": SynthRad(n_test, seed, offset=TEST_OFFSET, **kw)}
 
 
+# The manifests write_synthrad writes and their kinds (`mpma data validate --kind`); "truth" is not
+# a manifest but the ground truth of every case (findings with boxes), one JSON object per case.
+SYNTH_MANIFESTS: dict[str, str] = {"pretrain": "pretrain", "vqa": "vqa", "cls": "classification",
+                                   "text_cls": "classification"}
+
+
 def write_synthrad(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 64,
                    val_fraction: float = 0.1, test_fraction: float = 0.1,
                    **kw: Any) -> dict[str, Path]:
     """Write ``images/<id>.png`` and JSONL manifests for ``n`` cases split train/val/test.
 
-    Manifests: ``pretrain`` (id, image, text, split, finding_key), ``vqa`` (id, image,
-    question, answer, answer_type, question_type, split), ``cls`` (id, image, text,
-    labels, split), ``text_cls`` (id, text, text_pair, label, task, meta, split) and
-    ``truth`` (full ground truth incl. findings with boxes). Image paths are relative
-    to ``out_dir``; ids are ``<split>_<i:06d>``. ``kw`` goes to :func:`synthrad_splits`.
+    Manifests (:data:`SYNTH_MANIFESTS`; each passes ``mpma data validate``): ``pretrain`` (id, image,
+    text, split, finding_key), ``vqa`` (id, image, question, answer, answer_type, question_type,
+    split; one record per question, id ``<case id>_q<j>``), ``cls`` (id, image, text, labels, split)
+    and ``text_cls`` (id ``<case id>_t<j>``, text, text_pair, labels = [label], label, task, meta,
+    split). ``truth`` is not a manifest: the full ground truth of each case (findings with boxes),
+    one object per case. Image paths are relative to ``out_dir``; case ids are ``<split>_<i:06d>``.
+    ``kw`` goes to :func:`synthrad_splits`.
 
     Returns:
         ``{manifest name: path}`` plus ``"images"`` for the image folder.
@@ -147,14 +155,14 @@ def write_synthrad(out_dir: str | Path, n: int, seed: int = 0, image_size: int =
                 Image.fromarray(c.image).save(out / rel)
                 base = {"id": cid, "image": rel}
                 emit("pretrain", split, {**base, "text": c.report, "finding_key": c.finding_key})
-                for q in c.vqa:
-                    emit("vqa", split, {**base, "question": q.question, "answer": q.answer,
-                                        "answer_type": q.answer_type,
+                for j, q in enumerate(c.vqa):
+                    emit("vqa", split, {**base, "id": f"{cid}_q{j}", "question": q.question,
+                                        "answer": q.answer, "answer_type": q.answer_type,
                                         "question_type": q.question_type})
                 emit("cls", split, {**base, "text": c.report,
                                     "labels": [lab for lab, y in zip(LABELS, c.labels) if y > 0]})
-                for p in text_pairs(c):
-                    emit("text_cls", split, {"id": cid, **p})
+                for j, p in enumerate(text_pairs(c)):
+                    emit("text_cls", split, {"id": f"{cid}_t{j}", **p, "labels": [p["label"]]})
                 emit("truth", split, {
                     **base, "index": c.index, "seed": seed, "report": c.report,
                     "finding_key": c.finding_key, "negated": list(c.negated),

@@ -16,7 +16,7 @@ from pathlib import Path
 from mpma.data.records import normalize_answer
 from mpma.data.sources.adapters.base import Adapter, Item, LayoutError, is_missing
 from mpma.data.sources.published import Published
-from mpma.data.sources.vqa_rad import SPLIT_FILES, VQARadError, load_vqa_rad
+from mpma.data.sources.vqa_rad import IMAGE_DIR, SPLIT_FILES, VQARadError, entry_fields, read_entries
 
 
 def answer_text(value: object) -> str | None:
@@ -41,7 +41,9 @@ def find_file(src: Path, name: str, depth: int = 3) -> Path | None:
 
 @dataclass
 class VqaRadAdapter(Adapter):
-    """VQA-RAD (Lau et al. 2018), read with :func:`mpma.data.sources.vqa_rad.load_vqa_rad`."""
+    """VQA-RAD (Lau et al. 2018), parsed as :func:`mpma.data.sources.vqa_rad.load_vqa_rad` does, one
+    entry at a time: a malformed entry, an empty or ``null`` question or answer, or a repeated qid is
+    a reject of that entry, never the end of the run."""
 
     name = "vqa-rad"
     kind = "vqa"
@@ -57,13 +59,22 @@ class VqaRadAdapter(Adapter):
         self.require(src, *SPLIT_FILES.values(), "images")
 
     def items(self, src: Path) -> Iterator[Item]:
-        try:
-            splits = load_vqa_rad(src, check_images=False)
-        except VQARadError as exc:
-            raise LayoutError(str(exc)) from None
-        for split, records in splits.items():
-            for index, record in enumerate(records):
-                yield Item(record.id, f"{SPLIT_FILES[split]}[{index}]", record=record)
+        image_dir = src.expanduser().absolute() / IMAGE_DIR
+        for split, name in SPLIT_FILES.items():
+            try:
+                entries = read_entries(src / name)
+            except VQARadError as exc:
+                raise LayoutError(str(exc)) from None
+            for index, entry in enumerate(entries):
+                where = f"{name}[{index}]"
+                try:
+                    fields = entry_fields(entry, split, image_dir, f"{name}: entry {index}")
+                except VQARadError as exc:
+                    record_id = str(entry["qid"]) if isinstance(entry, dict) and not is_missing(entry.get("qid")) \
+                        else where
+                    yield Item(record_id, where, reason="malformed entry", detail=str(exc), split=split)
+                    continue
+                yield self.make(fields.pop("id"), where, **fields)
 
 
 @dataclass
@@ -132,8 +143,10 @@ class VqaMed2019Adapter(Adapter):
     """ImageCLEF VQA-Med 2019 (Ben Abacha et al.); ``id`` = ``<split>-<line>``.
 
     The category (``question_type``) of a train/val pair comes from ``QAPairsByCategory/``; the
-    test file carries it. ``categories=modality,plane,organ`` reproduces M3AE (which dropped the
-    abnormality questions); the other pairs are counted as excluded.
+    test file carries it. The three question files are required; an absent image folder (the test
+    images come in a separate download) is not an error: its records are ``image missing`` rejects.
+    ``categories=modality,plane,organ`` reproduces M3AE (which dropped the abnormality questions);
+    the other pairs are counted as excluded.
 
     Attributes:
         categories: ``all`` or a comma-separated subset of modality, plane, organ, abnormality.
@@ -169,8 +182,10 @@ class VqaMed2019Adapter(Adapter):
 
     def check(self, src: Path) -> None:
         self._wanted()
+        # The question files are needed; an image folder may be absent (the test images are
+        # distributed separately): its records become "image missing" rejects.
         needed = ("All_QA_Pairs_train.txt", "All_QA_Pairs_val.txt",
-                  "VQAMed2019_Test_Questions_w_Ref_Answers.txt", "VQAMed2019_Test_Images")
+                  "VQAMed2019_Test_Questions_w_Ref_Answers.txt")
         missing = [n for n in needed if find_file(src, n) is None]
         if missing:
             raise LayoutError(f"{src} does not look like VQA-Med-2019: missing "
@@ -201,8 +216,8 @@ class VqaMed2019Adapter(Adapter):
                                    lambda p: (p[0], categories.get((p[0], p[1]), ""), p[1], p[2]),
                                    3, wanted)
         test_file = find_file(src, "VQAMed2019_Test_Questions_w_Ref_Answers.txt")
-        test_images = find_file(src, "VQAMed2019_Test_Images")
-        assert test_file is not None and test_images is not None
+        assert test_file is not None
+        test_images = find_file(src, "VQAMed2019_Test_Images") or test_file.parent / "VQAMed2019_Test_Images"
         yield from self._lines(src, test_file, "test", test_images,
                                lambda p: (p[0], p[1].lower(), p[2], p[3]), 4, wanted)
 
