@@ -29,7 +29,7 @@ from mpma.pipelines.finetuning import FinetuneRun
 from mpma.viz.alignment import alignment_figure
 from mpma.viz.common import case_tensor, preprocess_images, synthrad_cases
 from mpma.viz.reconstruct import reconstruct_files
-from mpma.viz.report import PretrainExamples, VqaPredictions, is_finetuning_run, report_dir, write_report
+from mpma.viz.report import PretrainExamples, VqaPredictions, is_finetuning_run, open_report_dir, write_report
 
 
 def _failure(what: str, error: Exception) -> str:
@@ -140,9 +140,5 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, exa
     Returns:
         (HTML path, markdown path).
     """
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run} has no config.json (pass a folder written by `mpma pretrain` / `mpma finetune`)")
-    out = report_dir(run, out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run, out = open_report_dir(run_dir, out_dir)
     return write_report(run, out, **report_examples(run, out, examples, pointing_cases))

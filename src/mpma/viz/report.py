@@ -363,6 +363,16 @@ def report_dir(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     return Path(out_dir) if out_dir else Path(run_dir) / "report"
 
 
+def open_report_dir(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(run folder, report folder, created if missing); an error when the folder holds no run."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} has no config.json (pass a folder written by `mpma pretrain` / `mpma finetune`)")
+    out = report_dir(run, out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return run, out
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, examples: PretrainExamples | None = None,
                  vqa: VqaPredictions | None = None) -> tuple[Path, Path]:
     """Write ``index.html`` and ``report.md`` (plus their PNGs) for a pre-training or fine-tuning run.
@@ -377,11 +387,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, example
     Returns:
         (HTML path, markdown path).
     """
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run} has no config.json (pass a folder written by `mpma pretrain` / `mpma finetune`)")
-    out = report_dir(run, out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run, out = open_report_dir(run_dir, out_dir)
     if is_finetuning_run(run):
         report = Report(f"mpma fine-tuning run: {run.resolve().name}")
         _finetune_sections(report, run, out, vqa)
