@@ -143,3 +143,121 @@ def test_task_masks_text_with_the_configured_ratio_and_never_specials(
         n = int((special[row] == 0).sum())
         assert int((labels[row] != -100).sum()) == max(1, round(0.3 * n))
     assert torch.equal(masked[special == 1], batch["input_ids"][special == 1])
+
+
+# ------------------------------------------------------------------ masking in the collate step
+
+
+def _masking_collator(tokenizer, whole_word: bool = True):
+    from mpma.data.pairs import PairCollator
+    from mpma.data.text import TextMasker
+
+    masker = TextMasker(tokenizer.mask_token_id, len(tokenizer), 0.15, whole_word, seed=7)
+    return PairCollator(tokenizer, 48, masker=masker)
+
+
+def _synthrad_pairs(n: int = 24):
+    from mpma.data.pairs import SynthradPairs
+    from mpma.data.synthrad import SynthRad
+
+    return SynthradPairs(SynthRad(n, seed=3, image_size=32), 32)
+
+
+def test_collate_step_adds_the_mlm_view_seeded_by_the_batch_number(tokenizer) -> None:
+    pairs = _synthrad_pairs(8)
+    items = [pairs[i] for i in range(8)]
+    collate = _masking_collator(tokenizer)
+    first, again, other = collate(items, 5), collate(items, 5), collate(items, 6)
+    assert torch.equal(first["mlm_input_ids"], again["mlm_input_ids"])
+    assert not torch.equal(first["mlm_labels"], other["mlm_labels"])
+    selected = first["mlm_labels"] != -100
+    special = first["special_tokens_mask"]
+    assert torch.equal(first["mlm_labels"][selected], first["input_ids"][selected])
+    for row in range(8):
+        n = int((special[row] == 0).sum())
+        assert int(selected[row].sum()) >= max(1, round(0.15 * n))
+    with pytest.raises(ValueError, match="batch number"):
+        collate(items)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_masks_do_not_depend_on_workers_and_replay_from_any_start(tokenizer, workers: int) -> None:
+    from mpma.data.sampling import EpochBatches, iterate_batches
+
+    pairs = _synthrad_pairs(24)
+    collate = _masking_collator(tokenizer)
+
+    def masks(start: int, count: int, num_workers: int) -> list[torch.Tensor]:
+        stream = iterate_batches(pairs, collate, EpochBatches(len(pairs), 4, seed=2), start, num_workers)
+        return [next(stream)["mlm_input_ids"] for _ in range(count)]
+
+    reference = masks(0, 9, 0)  # 6 batches per epoch: crosses into the second epoch
+    assert len({tuple(m.flatten().tolist()) for m in reference}) == 9
+    assert all(torch.equal(a, b) for a, b in zip(reference, masks(0, 9, workers)))
+    assert all(torch.equal(a, b) for a, b in zip(reference[4:], masks(4, 5, workers)))
+
+
+def test_counting_collate_numbers_a_stream_as_the_loader_orders_it(tokenizer) -> None:
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from mpma.data.sampling import CountingCollate
+
+    pairs = _synthrad_pairs(16)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            worker, workers = (info.id, info.num_workers) if info else (0, 1)
+            for batch in range(worker, 4, workers):  # batch b holds items 4b..4b+3, in loader order
+                yield from (pairs[i] for i in range(4 * batch, 4 * batch + 4))
+
+    numbers = []
+
+    def record(items, number):
+        numbers.append(number)
+        return _masking_collator(tokenizer)(items, number)
+
+    direct = [_masking_collator(tokenizer)([pairs[i] for i in range(4 * b, 4 * b + 4)], b)["mlm_input_ids"]
+              for b in range(4)]
+    single = list(DataLoader(Stream(), batch_size=4, collate_fn=CountingCollate(record)))
+    assert numbers == [0, 1, 2, 3]
+    two = list(DataLoader(Stream(), batch_size=4, collate_fn=CountingCollate(_masking_collator(tokenizer)),
+                          num_workers=2))
+    for batch_number in range(4):
+        assert torch.equal(single[batch_number]["mlm_input_ids"], direct[batch_number])
+        assert torch.equal(two[batch_number]["mlm_input_ids"], direct[batch_number])
+
+
+def test_task_trains_on_the_collated_mlm_view(micro_config, build_task, tokenizer, monkeypatch) -> None:
+    from mpma.tasks import pretrain
+
+    task = build_task(micro_config())
+    pairs = _synthrad_pairs(8)
+    batch = _masking_collator(tokenizer)([pairs[i] for i in range(8)], 0)
+    monkeypatch.setattr(pretrain, "mask_tokens", lambda *a, **k: pytest.fail("the batch was already masked"))
+    seen = {}
+    original = task.model.forward
+
+    def spy(images, input_ids, *args, **kwargs):
+        seen["input_ids"] = input_ids
+        return original(images, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(task.model, "forward", spy)
+    result = task(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(seen["input_ids"], batch["mlm_input_ids"])
+    assert torch.isfinite(result.losses["mlm"])
+
+
+def test_vectorised_masking_takes_words_in_key_order() -> None:
+    """Every unit below the count is taken whole; the first unit that reaches the count is the last."""
+    word_ids = torch.tensor([[-1, 0, 0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, -1]] * 200)
+    special = (word_ids < 0).long()
+    ids = torch.arange(15).repeat(200, 1) + 10
+    _, labels = mask_tokens(ids, special, MASK_ID, VOCAB, 0.15, word_ids=word_ids,
+                            generator=torch.Generator().manual_seed(4))
+    counts = (labels != -100).sum(dim=1)  # 13 maskable -> count 2: one 3-piece word, or 2 one-piece words,
+    assert set(counts.tolist()) <= {2, 3, 4}  # or a 2-piece word, or one 1-piece then the 3-piece word
+    first_word = (labels[:, 1:4] != -100)
+    assert torch.all(first_word.all(dim=1) | ~first_word.any(dim=1))  # word 0 all or nothing

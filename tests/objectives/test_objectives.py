@@ -323,3 +323,12 @@ def test_temperature_is_learnable_and_clamped(micro_config, build_task) -> None:
     with torch.no_grad():
         align.log_inv_temperature.fill_(10.0)
     assert align.logit_scale().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_hard_negatives_follow_the_softmax_of_similarity() -> None:
+    similarity = torch.tensor([[0.0, 0.0, math.log(3.0)]]).repeat(4000, 1)
+    forbidden = torch.zeros(4000, 3, dtype=torch.bool)
+    forbidden[:, 0] = True
+    picks = sample_hard_negatives(similarity, forbidden, torch.Generator().manual_seed(0))
+    share = float((picks == 2).float().mean())
+    assert share == pytest.approx(0.75, abs=0.03)  # 3 : 1 against column 1

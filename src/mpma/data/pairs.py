@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, get_worker_info
 from mpma.data.bad_records import bad_item, split_bad
 from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, load_image, to_tensor
 from mpma.data.records import read_manifest, resolve_image
-from mpma.data.text import tokenize
+from mpma.data.text import TextMasker, tokenize
 
 # Salts that keep the random streams of one (seed, epoch) apart from each other and from
 # EpochBatches' permutation (seeded by (seed, epoch) alone).
@@ -382,19 +382,31 @@ class PairCollator:
 
     Batch keys: images (B, 3, S, S); input_ids, attention_mask, special_tokens_mask, word_ids (B, T);
     match_key (B,) int64; ``bad``: the rows of bad items (:mod:`mpma.data.bad_records`), left out of B.
+    With a ``masker`` (training) the collator is numbered (it is called with the batch's running
+    number) and adds the MLM view: mlm_input_ids, mlm_labels (B, T).
     """
 
-    def __init__(self, tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer, max_length: int, masker: TextMasker | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.masker = masker
 
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    @property
+    def numbered(self) -> bool:
+        return self.masker is not None
+
+    def __call__(self, items: list[dict], batch_number: int | None = None) -> dict[str, torch.Tensor]:
         items, bad = split_bad(items)
         if not items:
             return {"bad": bad}
         batch = tokenize(self.tokenizer, [item["text"] for item in items], self.max_length)
         batch["images"] = torch.stack([item["image"] for item in items])
         batch["match_key"] = torch.tensor([key_to_int(item["key"]) for item in items], dtype=torch.int64)
+        if self.masker is not None:
+            if batch_number is None:
+                raise ValueError("a masking PairCollator needs the batch number: iterate with "
+                                 "mpma.data.sampling.iterate_batches or wrap it in CountingCollate")
+            self.masker(batch, batch_number)
         if bad:
             batch["bad"] = bad
         return batch

@@ -246,44 +246,80 @@ def mask_tokens(
 
     Each sequence gets ``max(1, round(mask_ratio * n))`` masked positions among its n maskable
     (non-special, non-padding) tokens. With ``word_ids`` whole words are masked together (words are
-    drawn in random order until the count is reached, so a long last word may overshoot it).
+    taken in random order until the count is reached, so a long last word may overshoot it).
+    Vectorised over the batch (no per-row loop): every unit (a token, or a word) gets a random key,
+    and a unit is taken when fewer than ``count`` maskable tokens have a smaller key. It runs where the
+    batch is collated (:class:`TextMasker`, on the loader workers) or on any device.
 
     Args:
         input_ids: (B, T) token ids.
         special_tokens_mask: (B, T) 1 at special and padding tokens (never masked).
         word_ids: (B, T) word index per token (-1 for specials), enables whole-word masking.
+        generator: RNG for the draws (CPU, or on ``input_ids``' device).
 
     Returns:
         masked input ids (B, T) and labels (B, T): the original id at masked positions, -100 elsewhere.
     """
     device = input_ids.device
+    rows, length = input_ids.shape
+    rng_device = generator.device if generator is not None else device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=rng_device).to(device)
+
     maskable = special_tokens_mask == 0
-    selected = torch.zeros_like(maskable)
-    noise = torch.rand(input_ids.shape, generator=generator).to(device)
-    for row in range(input_ids.shape[0]):
-        n = int(maskable[row].sum())
-        if n == 0:
-            continue
-        count = max(1, int(round(mask_ratio * n)))
-        if word_ids is None:
-            scores = noise[row].masked_fill(~maskable[row], 2.0)
-            selected[row, scores.argsort()[:count]] = True
-        else:
-            words = word_ids[row].masked_fill(~maskable[row], -1)
-            unique = words[words >= 0].unique()
-            order = unique[torch.randperm(len(unique), generator=generator).to(device)]
-            taken = 0
-            for word in order.tolist():
-                positions = words == word
-                selected[row] |= positions
-                taken += int(positions.sum())
-                if taken >= count:
-                    break
+    count = (mask_ratio * maskable.sum(dim=1).double()).round().clamp(min=1)  # (B,)
+    if word_ids is None:
+        keys = uniform(rows, length)  # (B, T): each token is its own unit
+    else:
+        words = word_ids.long().clamp(min=0)
+        keys = uniform(rows, int(words.max()) + 1 if words.numel() else 1).gather(1, words)  # (B, T) key of its word
+    keys = keys.masked_fill(~maskable, 2.0)  # above every real key: never taken
+    ordered = keys.sort(dim=1).values  # (B, T)
+    before = torch.searchsorted(ordered, keys, side="left")  # (B, T) tokens with a smaller key
+    selected = maskable & (before < count[:, None])
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
-    action = torch.rand(input_ids.shape, generator=generator).to(device)
-    masked = input_ids.clone()
-    masked[selected & (action < 0.8)] = mask_token_id
-    random_positions = selected & (action >= 0.8) & (action < 0.9)
-    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator).to(device)
-    masked[random_positions] = random_ids[random_positions]
+    action = uniform(rows, length)
+    random_ids = torch.randint(vocab_size, (rows, length), generator=generator, device=rng_device).to(device)
+    masked = torch.where(selected & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, masked)
     return masked, labels
+
+
+class TextMasker:
+    """MLM masking in the collate step: adds ``mlm_input_ids`` and ``mlm_labels`` (B, T) to a batch.
+
+    The draws of a batch come from a generator seeded by ``(seed, batch_number)``, so they do not
+    depend on which loader worker builds the batch, and a resumed run replays them.
+
+    Args:
+        mask_token_id: id of the tokenizer's mask token.
+        vocab_size: tokenizer vocabulary size (for the 10% random replacements).
+        mask_ratio: fraction of maskable tokens per sequence.
+        whole_word: mask every word piece of a chosen word together.
+        seed: the run's data seed.
+    """
+
+    def __init__(self, mask_token_id: int, vocab_size: int, mask_ratio: float, whole_word: bool, seed: int) -> None:
+        self.mask_token_id = mask_token_id
+        self.vocab_size = vocab_size
+        self.mask_ratio = mask_ratio
+        self.whole_word = whole_word
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, torch.Tensor], batch_number: int) -> dict[str, torch.Tensor]:
+        """Add the masked copy to ``batch`` (input_ids, special_tokens_mask, word_ids: (B, T))."""
+        generator = torch.Generator().manual_seed(_mix(self.seed, batch_number))
+        batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
+            batch["input_ids"], batch["special_tokens_mask"], self.mask_token_id, self.vocab_size, self.mask_ratio,
+            batch["word_ids"] if self.whole_word else None, generator,
+        )
+        return batch
+
+
+def _mix(seed: int, batch_number: int) -> int:
+    """A 63-bit generator seed from (seed, batch number): nearby inputs give unrelated streams."""
+    value = (seed * 0x9E3779B97F4A7C15 + batch_number * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    value ^= value >> 31
+    value = (value * 0xD6E9D5A4DF2F4F25) % (1 << 64)
+    return (value ^ (value >> 29)) & ((1 << 63) - 1)

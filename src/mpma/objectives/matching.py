@@ -11,8 +11,12 @@ def sample_hard_negatives(
 ) -> torch.Tensor:
     """Draw one negative column per row, with probability softmax(similarity) over allowed columns.
 
+    Gumbel-max sampling (argmax of similarity + Gumbel noise), so the draw stays on the scores'
+    device with no host round trip; the noise comes from ``generator`` (on any device).
+
     Args:
-        similarity: (B, B) scores (rows: queries, columns: candidates); detached inside.
+        similarity: (B, B) scores (rows: queries, columns: candidates); detached inside. A non-finite
+            score (a diverged model) is never drawn; the loss reports the divergence instead.
         forbidden: (B, B) bool, True where a candidate may not be a negative (itself, same text, ...).
         generator: RNG for reproducible sampling.
 
@@ -20,14 +24,16 @@ def sample_hard_negatives(
         (B,) column indices. A row with no allowed column falls back to the next sample (i + 1) % B.
     """
     batch = similarity.shape[0]
-    weights = similarity.detach().float().softmax(dim=1)
-    # a non-finite similarity (diverged model) must not crash multinomial; the loss reports it instead
-    weights = weights.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).masked_fill(forbidden, 0.0)
-    empty = weights.sum(dim=1) <= 0
-    weights[empty] = 1.0  # placeholder, replaced below
-    picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    fallback = (torch.arange(batch, device=similarity.device) + 1) % batch
-    return torch.where(empty, fallback, picks)
+    device = similarity.device
+    scores = similarity.detach().float()
+    allowed = torch.isfinite(scores) & ~forbidden
+    uniform = torch.rand(scores.shape, generator=generator,
+                         device=generator.device if generator is not None else device).to(device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-12, max=1 - 1e-7)))  # (B, B)
+    keys = torch.where(allowed, scores + gumbel, torch.full_like(scores, float("-inf")))
+    picks = keys.argmax(dim=1)
+    fallback = (torch.arange(batch, device=device) + 1) % batch
+    return torch.where(allowed.any(dim=1), picks, fallback)
 
 
 def itm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

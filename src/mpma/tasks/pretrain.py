@@ -3,7 +3,8 @@
 The task owns the model and turns a batch into a dict of named losses and metrics; the trainer
 weights, sums and steps. Per pass:
 
-1. text is MLM-masked (exact 15% per sequence, 80/10/10) and the image is patch-masked;
+1. text is MLM-masked (exact 15% per sequence, 80/10/10; in the collate step, or here if the batch
+   comes unmasked) and the image is patch-masked;
 2. both encoders run once (the ViT only on visible patches);
 3. GLA global + local losses on the unimodal features of that pass;
 4. the fusion runs once on the masked pair -> MLM logits, MIM pixels, ITM positive;
@@ -62,13 +63,17 @@ class PretrainTask(nn.Module):
 
         Args:
             batch: images (B, C, H, W); input_ids, attention_mask, special_tokens_mask, word_ids (B, T);
-                match_key (B,) int64 — samples sharing a key are never used as each other's negatives.
+                match_key (B,) int64 — samples sharing a key are never used as each other's negatives;
+                optionally mlm_input_ids, mlm_labels (B, T): the MLM view masked by the collate step
+                (:class:`mpma.data.text.TextMasker`); without them the text is masked here.
             generator: RNG for text/image masks and negative sampling (CPU generator).
         """
         weights = self.loss_weights
         text_cfg = self.config.text
         input_ids, labels = batch["input_ids"], None
-        if "mlm" in weights:
+        if "mlm" in weights and "mlm_labels" in batch:  # masked by the collate step (TextMasker)
+            input_ids, labels = batch["mlm_input_ids"], batch["mlm_labels"]
+        elif "mlm" in weights:
             input_ids, labels = mask_tokens(
                 batch["input_ids"], batch["special_tokens_mask"], self.mask_token_id, self.vocab_size,
                 text_cfg.mask_ratio, batch["word_ids"] if text_cfg.whole_word else None, generator,
@@ -102,7 +107,8 @@ class PretrainTask(nn.Module):
                 out.text_local, out.image_local, text_valid, self.model.align.logit_scale()
             )
         if "itm" in weights:
-            result.losses["itm"], result.metrics["itm_acc"] = self._itm(out, batch, input_ids, generator)
+            itm_generator = mask_generator if device.type != "cpu" else generator
+            result.losses["itm"], result.metrics["itm_acc"] = self._itm(out, batch, input_ids, itm_generator)
         return result
 
     def _itm(self, out, batch, input_ids: torch.Tensor, generator: torch.Generator | None):
@@ -122,8 +128,9 @@ class PretrainTask(nn.Module):
             similarity = out.image_embed @ out.text_embed.t()  # (B images, B texts)
         else:
             similarity = torch.zeros(batch_size, batch_size, device=device)
-        wrong_text = sample_hard_negatives(similarity.cpu(), forbidden.cpu(), generator).to(device)
-        wrong_image = sample_hard_negatives(similarity.t().cpu(), forbidden.t().cpu(), generator).to(device)
+        # on the batch's device with a generator there: no host sync in the step
+        wrong_text = sample_hard_negatives(similarity, forbidden, generator)
+        wrong_image = sample_hard_negatives(similarity.t(), forbidden.t(), generator)
         half = torch.arange(batch_size, device=device) % 2 == 0
         # Even rows keep their image and take a wrong text; odd rows keep their text and take a wrong image.
         image_index = torch.where(half, torch.arange(batch_size, device=device), wrong_image)
@@ -132,5 +139,5 @@ class PretrainTask(nn.Module):
             out.text[text_index], batch["attention_mask"][text_index], out.vision.tokens[image_index]
         )
         pooled = torch.cat([out.fusion.pooled, negative.pooled], dim=0)
-        targets = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).long().to(device)
+        targets = (torch.arange(2 * batch_size, device=device) < batch_size).long()  # B ones, then B zeros
         return itm_loss(self.model.itm_logits(pooled), targets)
