@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mpma.config import FusionConfig
-from mpma.models.layers import MLP, Attention, init_weights
+from mpma.models.layers import MLP, Attention, init_weights, run_block
 
 
 class MemoryReadout(nn.Module):
@@ -129,8 +129,13 @@ class CoAttentionFusion(nn.Module):
         self.image_norm = nn.LayerNorm(width, eps=1e-6)
         self.text_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
         self.image_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.grad_checkpointing = False  # set_grad_checkpointing: recompute each layer's activations
         self.apply(init_weights)
         nn.init.trunc_normal_(self.type_embed, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per fusion layer (see :func:`mpma.models.layers.run_block`)."""
+        self.grad_checkpointing = enable
 
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_attention: bool = False
@@ -148,7 +153,7 @@ class CoAttentionFusion(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            t, v, weights = layer(t, key_mask, v, return_weights=return_attention and last)
+            t, v, weights = run_block(layer, t, key_mask, v, return_attention and last, recompute=self.grad_checkpointing)
         t, v = self.text_norm(t), self.image_norm(v)
         pooled = torch.cat([self.text_pool(t[:, 0]), self.image_pool(v[:, 0])], dim=-1)
         return FusionOutput(t, v, pooled, weights)

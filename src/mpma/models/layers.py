@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def run_block(block: nn.Module, *inputs, recompute: bool = False):
+    """``block(*inputs)``; with ``recompute`` (activation checkpointing, in training with gradients on)
+    the block keeps only its inputs and recomputes its activations in the backward pass: less memory
+    for about one more forward of the block. torch's RNG state is replayed, so dropout and stochastic
+    depth draw the same numbers both times."""
+    if recompute and block.training and torch.is_grad_enabled():
+        return checkpoint(block, *inputs, use_reentrant=False)
+    return block(*inputs)
 
 
 class Attention(nn.Module):

@@ -6,6 +6,7 @@ their parameters do not exist (an M3AE-style configuration is a smaller model, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,8 @@ class MPMAOutput:
     mim_pred: (B, N, P*P*C) pixel predictions for every patch, or None.
     align_vision: the image view the GLA features come from (``vision`` itself unless
         ``vision.align_mask_ratio`` asks for a separately masked view).
+    negative_pooled: (B', 2Df) pooled fused features of the mismatched pairs ``negative_pairs`` chose
+        (fused in the same call as the B pairs), or None.
     """
 
     vision: VisionOutput
@@ -49,6 +52,7 @@ class MPMAOutput:
     text_local: torch.Tensor | None = None
     mlm_logits: torch.Tensor | None = None
     mim_pred: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
     align_vision: VisionOutput | None = None
 
 
@@ -178,6 +182,7 @@ class MPMAModel(nn.Module):
         mask_ratio: float | None = None,
         mlm_positions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        negative_pairs: Callable[[MPMAOutput], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> MPMAOutput:
         """One pass over a (masked) image-text pair batch: encoders, alignment features, fusion, heads.
 
@@ -188,6 +193,9 @@ class MPMAModel(nn.Module):
             mask_ratio: image mask ratio; None uses ``vision.mask_ratio``.
             mlm_positions: (B, T) bool, where MLM logits are wanted (masked tokens).
             generator: RNG for the image mask.
+            negative_pairs: given the unimodal and alignment outputs, the (B',) text and (B',) image
+                indices of mismatched pairs (ITM negatives); they are fused in the same fusion call as
+                the B pairs (one call on B + B' rows instead of two: larger, faster matrix products).
         """
         ratio = self.config.vision.mask_ratio if mask_ratio is None else mask_ratio
         vision = self.encode_image(images, ratio, generator)
@@ -196,7 +204,15 @@ class MPMAModel(nn.Module):
         if self.align is not None:
             out.align_vision = self._alignment_view(images, vision, mask_ratio, generator)
             self._align(out, out.align_vision, text, attention_mask)
-        out.fusion = self.fuse(text, attention_mask, vision.tokens)
+        if negative_pairs is None:
+            out.fusion = self.fuse(text, attention_mask, vision.tokens)
+        else:
+            text_index, image_index = negative_pairs(out)
+            rows = text.shape[0]
+            both = self.fuse(torch.cat([text, text[text_index]]), torch.cat([attention_mask, attention_mask[text_index]]),
+                             torch.cat([vision.tokens, vision.tokens[image_index]]))
+            out.fusion = FusionOutput(both.text[:rows], both.image[:rows], both.pooled[:rows], None)
+            out.negative_pooled = both.pooled[rows:]
         if self.mlm_head is not None and mlm_positions is not None:
             out.mlm_logits = self.mlm_head(out.fusion.text[mlm_positions])
         if self.mim_decoder is not None and vision.ids_restore is not None:
@@ -220,6 +236,14 @@ class MPMAModel(nn.Module):
         if self.align.local_image is not None:
             out.image_local = F.normalize(self.align.local_image(vision.tokens[:, 1:]), dim=-1)
             out.text_local = F.normalize(self.align.local_text(text), dim=-1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in every vision block, text layer and fusion layer: their
+        activations are recomputed in the backward pass instead of kept (``run.activation_checkpointing``).
+        The results and gradients are unchanged."""
+        self.vision.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+        self.fusion.set_grad_checkpointing(enable)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides biases and norms."""

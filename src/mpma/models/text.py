@@ -53,5 +53,15 @@ class TextEncoder(nn.Module):
         """(B, T) ids and (B, T) 1/0 mask -> (B, T, D) last hidden states."""
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per encoder layer, through ``transformers``' own switch."""
+        if not self.encoder.supports_gradient_checkpointing:
+            raise ValueError(f"the {self.encoder.config.model_type} text encoder does not support activation "
+                             "checkpointing; set run.activation_checkpointing=false")
+        if enable:
+            self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.encoder.activation_checkpointing_disable()
+
     def word_embeddings(self) -> nn.Embedding:
         return self.encoder.get_input_embeddings()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpma.config import VisionConfig
-from mpma.models.layers import Block, init_weights
+from mpma.models.layers import Block, init_weights, run_block
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -159,6 +159,7 @@ class VisionTransformer(nn.Module):
             for rate in drop_path_rates(config.drop_path, config.depth)
         )
         self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
+        self.grad_checkpointing = False  # set_grad_checkpointing: recompute each block's activations
         with torch.no_grad():
             self.pos_embed.copy_(sincos_position_embedding(self.grid, config.width))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -169,6 +170,10 @@ class VisionTransformer(nn.Module):
     @property
     def width(self) -> int:
         return self.config.width
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (see :func:`mpma.models.layers.run_block`)."""
+        self.grad_checkpointing = enable
 
     def position_embedding(self, grid: int) -> torch.Tensor:
         """(1, 1 + grid*grid, D), interpolated when the image size differs from the configured one."""
@@ -209,5 +214,5 @@ class VisionTransformer(nn.Module):
         if self.norm_pre is not None:
             x = self.norm_pre(x)
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, recompute=self.grad_checkpointing)
         return VisionOutput(self.norm(x), ids_keep, mask, ids_restore, grid)

@@ -7,8 +7,8 @@ weights, sums and steps. Per pass:
    comes unmasked) and the image is patch-masked;
 2. both encoders run once (the ViT only on visible patches);
 3. GLA global + local losses on the unimodal features of that pass;
-4. the fusion runs once on the masked pair -> MLM logits, MIM pixels, ITM positive;
-5. ITM negatives re-use the same unimodal features; only the fusion is re-run for them.
+4. the fusion runs once on the masked pairs and the ITM negatives -> MLM logits, MIM pixels, ITM;
+5. ITM negatives re-use the same unimodal features; they are fused in the same fusion call (2B rows).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 
 from mpma.config import Config
 from mpma.data.text import mask_tokens
-from mpma.models.mpma import MPMAModel
+from mpma.models.mpma import MPMAModel, MPMAOutput
 from mpma.objectives.alignment import global_alignment_loss, local_alignment_loss
 from mpma.objectives.matching import itm_loss, sample_hard_negatives
 from mpma.objectives.reconstruction import mlm_loss, mim_loss
@@ -84,9 +84,14 @@ class PretrainTask(nn.Module):
         mask_generator = None
         if generator is not None and device.type != "cpu":
             mask_generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        step_generator = mask_generator if device.type != "cpu" else generator
+        pick_negatives = None
+        if "itm" in weights:
+            def pick_negatives(out: MPMAOutput) -> tuple[torch.Tensor, torch.Tensor]:
+                return self._negatives(out, batch, step_generator)
         out = self.model(
-            images, input_ids, batch["attention_mask"], mlm_positions=mlm_positions,
-            generator=mask_generator if device.type != "cpu" else generator,
+            images, input_ids, batch["attention_mask"], mlm_positions=mlm_positions, generator=step_generator,
+            negative_pairs=pick_negatives,
         )
         result = StepResult()
         if "mlm" in weights:
@@ -107,14 +112,18 @@ class PretrainTask(nn.Module):
                 out.text_local, out.image_local, text_valid, self.model.align.logit_scale()
             )
         if "itm" in weights:
-            itm_generator = mask_generator if device.type != "cpu" else generator
-            result.losses["itm"], result.metrics["itm_acc"] = self._itm(out, batch, input_ids, itm_generator)
+            batch_size = input_ids.shape[0]
+            pooled = torch.cat([out.fusion.pooled, out.negative_pooled], dim=0)  # (2B, 2Df)
+            targets = (torch.arange(2 * batch_size, device=device) < batch_size).long()  # B ones, then B zeros
+            result.losses["itm"], result.metrics["itm_acc"] = itm_loss(self.model.itm_logits(pooled), targets)
         return result
 
-    def _itm(self, out, batch, input_ids: torch.Tensor, generator: torch.Generator | None):
-        """ITM on B positives (the main fused pass) and B hard negatives (half wrong text, half wrong image)."""
-        batch_size = input_ids.shape[0]
-        device = input_ids.device
+    def _negatives(self, out: MPMAOutput, batch: dict[str, torch.Tensor],
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITM hard negatives, one per pair: even rows keep their image and take a wrong text, odd rows
+        keep their text and take a wrong image. Returns the (B,) text and (B,) image indices."""
+        batch_size = batch["input_ids"].shape[0]
+        device = batch["input_ids"].device
         forbidden = torch.eye(batch_size, dtype=torch.bool, device=device)
         if "match_key" in batch:
             keys = batch["match_key"]
@@ -131,13 +140,6 @@ class PretrainTask(nn.Module):
         # on the batch's device with a generator there: no host sync in the step
         wrong_text = sample_hard_negatives(similarity, forbidden, generator)
         wrong_image = sample_hard_negatives(similarity.t(), forbidden.t(), generator)
-        half = torch.arange(batch_size, device=device) % 2 == 0
-        # Even rows keep their image and take a wrong text; odd rows keep their text and take a wrong image.
-        image_index = torch.where(half, torch.arange(batch_size, device=device), wrong_image)
-        text_index = torch.where(half, wrong_text, torch.arange(batch_size, device=device))
-        negative = self.model.fuse(
-            out.text[text_index], batch["attention_mask"][text_index], out.vision.tokens[image_index]
-        )
-        pooled = torch.cat([out.fusion.pooled, negative.pooled], dim=0)
-        targets = (torch.arange(2 * batch_size, device=device) < batch_size).long()  # B ones, then B zeros
-        return itm_loss(self.model.itm_logits(pooled), targets)
+        even = torch.arange(batch_size, device=device) % 2 == 0
+        own = torch.arange(batch_size, device=device)
+        return torch.where(even, wrong_text, own), torch.where(even, own, wrong_image)
