@@ -1,11 +1,14 @@
-"""Pre-training step benchmark: the MPMA single-pass step against an M3AE-style three-pass step.
+"""Pre-training step benchmark: the step a run takes against an M3AE-style three-pass step.
 
-Both step kinds run on the SAME model (random weights) and the SAME synthetic batch, interleaved
-repetition by repetition (alternating order) so that load from other processes hits both alike;
-the figures are medians. Per preset it reports s/step, samples/s, the MPMA/M3AE speed ratio, peak
-memory of each step kind measured in its own fresh subprocess, the FLOPs of one step
-(``FlopCounterMode``, forward + backward) and the achieved FLOP/s as a share of the matmul FLOP/s
-measured in this process between repetitions.
+The MPMA step is ``Trainer.train_step`` of the Trainer ``mpma pretrain`` builds (its parameter
+groups, fused AdamW, autocast, clipping; text masked beforehand, as its collate step does). The
+reference M3AE-style step (masked-text, masked-image and ITM passes, each re-running both encoders
+and the fusion) uses the same optimizer, autocast and clipping. Both run on the SAME model (random
+weights) and batch, interleaved in alternating order so that load from other processes hits both
+alike; figures are medians. Per preset: s/step, samples/s, the MPMA/M3AE speed ratio, FLOPs of a
+step (``FlopCounterMode``), achieved FLOP/s as a share of the matmul FLOP/s measured between
+repetitions, and per step kind in a fresh subprocess the peak memory, the weights + gradients +
+AdamW state computed from the parameters, and the activations (peak - process baseline - state).
 
     python benchmarks/pretrain_step.py                                   # tiny (B=64) and base (B=2)
     python benchmarks/pretrain_step.py --presets base --base-overrides vision.image_size=288 text.max_length=64
@@ -30,11 +33,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mpma.config import load_config
+from mpma.data import text as text_data
 from mpma.data.synthrad import build_report, sample_findings
 from mpma.data.text import load_tokenizer, mask_tokens, train_tokenizer
+from mpma.engine.distributed import DistEnv
+from mpma.engine.precision import describe_cpu_bf16
+from mpma.engine.trainer import Trainer
 from mpma.models.mpma import MPMAModel
 from mpma.objectives.matching import itm_loss
 from mpma.objectives.reconstruction import mim_loss, mlm_loss
+from mpma.pipelines.pretraining import pretrain_parameter_groups
 from mpma.tasks.pretrain import PretrainTask
 
 M3AE_IMAGE_MASK = 0.75  # M3AE's MIM pass hides 75% of the patches (whatever the preset's ratio)
@@ -51,20 +59,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", nargs="+", default=["tiny", "base"])
     p.add_argument("--batch-tiny", type=int, default=64)
     p.add_argument("--batch-base", type=int, default=None, help="default 2 on CPU, 64 on CUDA")
+    p.add_argument("--batch", type=int, default=None, help="batch of every preset (over --batch-tiny/--batch-base)")
     p.add_argument("--tiny-overrides", nargs="*", default=[])
     p.add_argument("--base-overrides", nargs="*", default=[], help="e.g. vision.image_size=288 text.max_length=64")
     p.add_argument("--repeats", type=int, default=None, help="measured repetitions (default tiny 7, base 3)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up repetitions, the FLOP-counted step included (default 2)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="run.precision of the Trainer (auto: resolved for this host, mpma.engine.precision)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads (0 = torch default); use 1 on a CPU shared with other jobs")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default); 1 on a shared CPU")
+    p.add_argument("--activation-checkpointing", action="store_true", help="run.activation_checkpointing=true")
     p.add_argument("--m3ae-itm-pairs", choices=["B", "2B"], default="B",
                    help="B: M3AE's released compute_itm (B pairs, half with a wrong image); 2B: B pos + B neg")
-    p.add_argument("--fused-adamw", action="store_true", help="fused AdamW on CPU too (the trainer: CUDA only)")
     p.add_argument("--matmul-size", type=int, default=None, help="default 2048 on CPU, 8192 on CUDA")
     p.add_argument("--no-memory", action="store_true", help="skip the per-kind memory subprocesses")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MPMA step")
+    p.add_argument("--profile-rows", type=int, default=25, help="rows of that table (ops by self time)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: "KIND:PRESET" memory probe
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)  # internal: tokenizer folder for probes
@@ -73,24 +83,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_tokenizer(out_dir: str, n_reports: int = 400):
     """A WordPiece tokenizer trained on ``n_reports`` synthrad reports (text only, nothing rendered)."""
-    texts = []
-    for i in range(n_reports):
-        rng = np.random.default_rng([0, i])
-        texts.append(build_report(sample_findings(rng), rng)[0])
+    rngs = [np.random.default_rng([0, i]) for i in range(n_reports)]
+    texts = [build_report(sample_findings(rng), rng)[0] for rng in rngs]
     return train_tokenizer(texts, f"{out_dir}/tokenizer", vocab_size=1000)
 
 
 def build(preset: str, args, tokenizer, device: torch.device):
     """Config, PretrainTask (random weights), batch size and model vocabulary for ``preset``."""
-    config = load_config(preset, getattr(args, f"{preset}_overrides", []))
-    # Model vocabulary: the preset's text.vocab_size (base: RoBERTa's 50265), never smaller than the
-    # tokenizer; the embedding table and MLM projection then have the preset's real size.
+    checkpointing = ["run.activation_checkpointing=true"] if args.activation_checkpointing else []
+    config = load_config(preset, [*getattr(args, f"{preset}_overrides", []), f"run.precision={args.precision}",
+                                  *checkpointing])
+    # Model vocabulary: the preset's (base: RoBERTa's 50265), at least the tokenizer's: real embedding/MLM sizes.
     vocab = max(len(tokenizer), config.text.vocab_size)
     torch.manual_seed(0)
     model = MPMAModel(config, vocab_size=vocab, pad_token_id=tokenizer.pad_token_id)
+    model.set_grad_checkpointing(config.run.activation_checkpointing)  # as mpma pretrain does
     task = PretrainTask(model, config, tokenizer.mask_token_id, vocab).to(device).train()
     batch_size = {"tiny": args.batch_tiny, "base": args.batch_base or (64 if device.type == "cuda" else 2)}
-    batch_size = batch_size.get(preset, config.data.batch_size)
+    batch_size = args.batch or batch_size.get(preset, config.data.batch_size)
     if batch_size < 2:
         raise SystemExit("batch size must be at least 2 (in-batch negatives)")
     return config, task, batch_size, vocab
@@ -112,6 +122,9 @@ def synthetic_batch(config, batch_size: int, tokenizer, vocab: int, device: torc
     special = (pos == 0) | (pos == lengths[:, None] - 1) | (attention == 0)
     batch = {"images": images, "input_ids": ids, "attention_mask": attention, "special_tokens_mask": special.long(),
              "word_ids": torch.where(special, -1, pos), "match_key": torch.arange(batch_size)}
+    if config.objectives.mlm > 0 and hasattr(text_data, "TextMasker"):  # a run masks in its collate step
+        masker = text_data.TextMasker(tokenizer.mask_token_id, vocab, config.text.mask_ratio, config.text.whole_word, 0)
+        batch = masker(batch, 0)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -152,25 +165,39 @@ def m3ae_losses(task: PretrainTask, batch: dict, g: torch.Generator, itm_pairs: 
     return {"mlm": mlm, "mim": mim, "itm": itm}
 
 
-def make_steps(task: PretrainTask, batch: dict, args) -> dict:
-    """One optimizer step per kind: zero_grad, forward (autocast) + summed losses, backward, clip, AdamW."""
+def make_trainer(task: PretrainTask, config, device: torch.device, run_dir: str) -> Trainer:
+    """The Trainer ``mpma pretrain`` builds for ``task`` (its parameter groups, fused AdamW, autocast);
+    nothing is written to ``run_dir`` unless ``fit``/``save`` is called."""
+    return Trainer(task, task.loss_weights, pretrain_parameter_groups(task, config), config.optim, config.run,
+                   run_dir, DistEnv(device=device), find_unused_parameters=task.model.itm_head is None,
+                   weights_module=task.model)
+
+
+def make_steps(task: PretrainTask, batch: dict, args, config, run_dir: str) -> tuple[dict, Trainer]:
+    """One optimizer step per kind, and the Trainer: ``mpma`` is ``Trainer.train_step`` on ``batch``;
+    ``m3ae`` runs the three passes under the same autocast, then the same clipping and optimizer."""
     device = batch["images"].device
-    # As the trainer: fused AdamW on CUDA; on CPU torch's default (a per-tensor loop) unless --fused-adamw.
-    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5, fused=device.type == "cuda" or args.fused_adamw)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-    gens = {kind: torch.Generator().manual_seed(i) for i, kind in enumerate(KINDS)}
-    # MPMA: PretrainTask.forward, one pass over the masked pair -> all five losses.
-    fns = {"mpma": lambda t, b, g: t(b, g).losses, "m3ae": lambda t, b, g: m3ae_losses(t, b, g, args.m3ae_itm_pairs)}
+    trainer = make_trainer(task, config, device, run_dir)
+    g = torch.Generator().manual_seed(1)
+    batches = iter(lambda: batch, None)  # the same batch, forever
 
-    def step(kind: str) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss = sum(fns[kind](task, batch, gens[kind]).values())
+    def m3ae_step() -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=trainer.autocast_dtype) if trainer.autocast_dtype else nullcontext():
+            loss = sum(m3ae_losses(task, batch, g, args.m3ae_itm_pairs).values())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
-        optimizer.step()
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(task.parameters(), config.optim.grad_clip)
+        trainer.optimizer.step()
 
-    return {kind: (lambda kind=kind: step(kind)) for kind in KINDS}
+    return {"mpma": lambda: trainer.train_step(batches), "m3ae": m3ae_step}, trainer
+
+
+def state_bytes(task: torch.nn.Module) -> int:
+    """Bytes of the weights and buffers, plus the gradient and AdamW's exp_avg and exp_avg_sq of
+    every trainable parameter (each the parameter's size and dtype)."""
+    weights = sum(t.numel() * t.element_size() for t in [*task.parameters(), *task.buffers()])
+    return weights + 3 * sum(p.numel() * p.element_size() for p in task.parameters() if p.requires_grad)
 
 
 def log(message: str) -> None:
@@ -202,29 +229,37 @@ def count_flops(fn) -> int:
 
 
 def peak_memory(device: torch.device) -> dict:
-    """Bytes: ``peak`` = CUDA max_memory_allocated, or this process's peak RSS: VmHWM of its own
-    address space where /proc exists, else ru_maxrss (which after fork+exec starts at the parent's peak)."""
+    """Bytes: ``peak`` = CUDA max_memory_allocated, or this process's peak RSS (VmHWM of its own
+    address space where /proc exists, else ru_maxrss, which after fork+exec starts at the parent's
+    peak); ``now`` = CUDA memory_allocated, or the current RSS (VmRSS)."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     if device.type == "cuda":
-        return {"peak": torch.cuda.max_memory_allocated(), "ru_maxrss": maxrss}
+        return {"peak": torch.cuda.max_memory_allocated(), "now": torch.cuda.memory_allocated()}
     try:
         with open("/proc/self/status") as status:
-            hwm = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
-    except (OSError, StopIteration):
-        hwm = maxrss
-    return {"peak": hwm, "ru_maxrss": maxrss}
+            found = {line[:5]: int(line.split()[1]) * 1024 for line in status if line.startswith(("VmHWM", "VmRSS"))}
+    except OSError:
+        found = {}
+    return {"peak": found.get("VmHWM", maxrss), "now": found.get("VmRSS", maxrss)}
 
 
 def memory_probe(args, device: torch.device) -> None:
-    """Subprocess entry: build ``PRESET``, run two ``KIND`` steps, print the peak memory as JSON."""
+    """Subprocess entry: build ``PRESET``, run two ``KIND`` steps, print the memory figures as JSON:
+    ``baseline`` (the process before the model exists: interpreter, libraries, tokenizer; 0 on CUDA),
+    ``state`` (:func:`state_bytes`), ``peak`` and ``activation`` = peak - baseline - state (the
+    tensors a step holds for backward, autocast weight copies and allocator slack)."""
     kind, preset = args.probe.split(":")
     tokenizer = load_tokenizer(args.tokenizer)
+    baseline = peak_memory(device)["now"]
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
-    step = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)[kind]
-    before = peak_memory(device)["peak"]
-    for _ in range(2):  # the second step holds parameters, gradients, AdamW state and activations at once
-        step()
-    print("PROBE " + json.dumps({"before_steps": before, **peak_memory(device)}))
+    with tempfile.TemporaryDirectory() as run_dir:
+        step = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args, config,
+                          run_dir)[0][kind]
+        for _ in range(2):  # the second step holds parameters, gradients, AdamW state and activations at once
+            step()
+    state, peak = state_bytes(task), peak_memory(device)["peak"]
+    print("PROBE " + json.dumps({"baseline": baseline, "state": state, "peak": peak,
+                                 "activation": peak - baseline - state}))
 
 
 def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dict:
@@ -239,10 +274,39 @@ def probe_in_subprocess(args, kind: str, preset: str, tokenizer_dir: str) -> dic
     return json.loads(lines[-1][6:])
 
 
-def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory: dict, matmul_dtype) -> list[dict]:
+OP_CLASSES = {"matmul": ("addmm", "aten::mm", "bmm", "linear", "matmul", "mkldnn", "conv"),  # first match wins
+              "attention": ("scaled_dot_product", "flash_attention"), "norms": ("layer_norm",),
+              "casts/copies": ("aten::to", "_to_copy", "copy_", "clone", "contiguous"),
+              "softmax/losses": ("softmax", "cross_entropy", "nll_loss"), "optimizer": ("adam", "foreach", "norm")}
+
+
+def profile_step(step, device: torch.device, rows: int) -> dict[str, float]:
+    """Print a torch.profiler table of one ``step`` (ops by self time) and return each op class's
+    share of the self time (:data:`OP_CLASSES`; the rest is ``other``: GELU, adds, indexing...)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        step()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    print(averages.table(sort_by=sort, row_limit=rows))
+    shares: dict[str, float] = {}
+    for event in averages:
+        name = event.key.lower()
+        cls = next((c for c, parts in OP_CLASSES.items() if any(p.lower() in name for p in parts)), "other")
+        shares[cls] = shares.get(cls, 0.0) + event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    shares = {c: v / total for c, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+    print("self CPU time by op class: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in shares.items()))
+    return shares
+
+
+def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory: dict, run_dir: str) -> list[dict]:
     """Interleaved timing of both step kinds, with a matmul FLOP/s sample after each repetition."""
     config, task, batch_size, vocab = build(preset, args, tokenizer, device)
-    steps = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args)
+    steps, trainer = make_steps(task, synthetic_batch(config, batch_size, tokenizer, vocab, device), args, config,
+                                run_dir)
+    matmul_dtype = trainer.autocast_dtype or torch.float32
     warmup = args.warmup
     repeats = args.repeats if args.repeats is not None else (7 if preset == "tiny" else 3)
     flops = {kind: count_flops(steps[kind]) for kind in KINDS}  # also serves as the first warm-up
@@ -253,42 +317,42 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
             seconds = timed(steps[kind], device)
             times[kind] += [seconds] if rep >= warmup - 1 else []
         matmul.append(matmul_flops(device, matmul_dtype, args.matmul_size))
-    if args.profile and preset == args.presets[0]:
-        from torch.profiler import profile
-        with profile() as prof:
-            steps["mpma"]()
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    shares = profile_step(steps["mpma"], device, args.profile_rows) if args.profile else None
     params, matmul = sum(p.numel() for p in task.parameters()), statistics.median(matmul)
     ratio = statistics.median(m3ae / mpma for mpma, m3ae in zip(times["mpma"], times["m3ae"]))
     rows = []
     for kind in KINDS:
         seconds = statistics.median(times[kind])
-        rows.append({"preset": preset, "batch": batch_size, "kind": kind, "s_per_step": seconds,
-                     "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
+        mem = memory.get((kind, preset), {})
+        rows.append({"preset": preset, "batch": batch_size, "kind": kind, "precision": trainer.precision,
+                     "s_per_step": seconds, "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
                      "flop_per_s": flops[kind] / seconds, "matmul_flop_per_s": matmul,
                      "mfu": flops[kind] / seconds / matmul, "speed_ratio_mpma_over_m3ae": ratio,
-                     "times": times[kind], "parameters": params,
+                     "times": times[kind], "parameters": params, "state_memory": state_bytes(task),
                      "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
-                     "peak_memory": None, **{f"{k}_memory": v for k, v in memory.get((kind, preset), {}).items()}})
+                     "peak_memory": mem.get("peak"), "activation_memory": mem.get("activation"),
+                     "baseline_memory": mem.get("baseline"), "profile_shares": shares if kind == "mpma" else None})
     return rows
 
 
-def print_table(rows: list[dict], dtype: torch.dtype) -> None:
+def print_table(rows: list[dict]) -> None:
     """One line per (preset, step kind), then the MPMA/M3AE ratios and the matmul references."""
-    header = (f"{'preset':<7}{'batch':>6} {'step':<6}{'s/step':>9}{'samples/s':>11}{'peak mem':>11}"
-              f"{'GFLOP/step':>12}{'GFLOP/s':>10}{'% matmul':>10}")
+    header = (f"{'preset':<7}{'batch':>6} {'step':<6}{'s/step':>9}{'samples/s':>11}{'peak mem':>10}{'state':>8}"
+              f"{'activ.':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'% matmul':>10}")
     print(header + "\n" + "-" * len(header))
+    gib = lambda b: f"{b / 2**30:.2f}" if b is not None else "n/a"  # noqa: E731
     for r in rows:
-        mem = f"{r['peak_memory'] / 2**30:.2f} GiB" if r["peak_memory"] else "n/a"
         print(f"{r['preset']:<7}{r['batch']:>6} {r['kind']:<6}{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}"
-              f"{mem:>11}{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>10.1f}{100 * r['mfu']:>9.1f}%")
+              f"{gib(r['peak_memory']):>10}{gib(r['state_memory']):>8}{gib(r['activation_memory']):>8}"
+              f"{r['flops_per_step'] / 1e9:>12.1f}{r['flop_per_s'] / 1e9:>10.1f}{100 * r['mfu']:>9.1f}%")
+    print("memory in GiB: peak of a fresh process per step kind (build + 2 steps); state = weights + gradients + "
+          "AdamW moments from the parameters; activ. = peak - process baseline before the model - state")
     for mpma, m3ae in zip(rows[::2], rows[1::2]):
         memory = (f", peak memory MPMA/M3AE {mpma['peak_memory'] / m3ae['peak_memory']:.2f}"
                   if mpma["peak_memory"] and m3ae["peak_memory"] else "")
         print(f"{mpma['preset']}: speed MPMA/M3AE {mpma['speed_ratio_mpma_over_m3ae']:.2f}x "
               f"(median of per-repetition ratios){memory}; "
-              f"{str(dtype).split('.')[-1]} matmul {mpma['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s (median)")
+              f"{mpma['precision']} matmul {mpma['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s (median)")
 
 
 def main(argv=None) -> None:
@@ -301,31 +365,34 @@ def main(argv=None) -> None:
     args.matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     if args.probe:
         return memory_probe(args, device)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if device.type == "cpu" and torch.get_num_threads() > 1 and load > cores - 1:
         log(f"warning: load average {load:.1f} on {cores} cores; with {torch.get_num_threads()} threads, "
             "OpenMP regions stall on descheduled threads (seen here: 20-30x slower steps); try --threads 1")
+    host = describe_cpu_bf16() if device.type == "cpu" else torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(tmp)
         # Probes first, while this process is still small.
         memory = {} if args.no_memory else {(k, p): probe_in_subprocess(args, k, p, f"{tmp}/tokenizer")
                                             for p in args.presets for k in KINDS}
-        rows = [row for p in args.presets for row in benchmark_preset(p, args, tokenizer, device, memory, dtype)]
-    fp32 = matmul_flops(device, torch.float32, args.matmul_size) if dtype != torch.float32 else None
-    print(f"\ndevice {device}, precision {args.precision}, threads {torch.get_num_threads()}, "
-          f"M3AE ITM pairs {args.m3ae_itm_pairs}, fused AdamW {device.type == 'cuda' or args.fused_adamw}; "
+        rows = [row for p in args.presets for row in benchmark_preset(p, args, tokenizer, device, memory, tmp)]
+    fp32 = matmul_flops(device, torch.float32, args.matmul_size) if rows[0]["precision"] != "fp32" else None
+    print(f"\ndevice {device} ({host}), precision {args.precision} -> {rows[0]['precision']}, "
+          f"threads {torch.get_num_threads()}, load average {load:.2f}, M3AE ITM pairs {args.m3ae_itm_pairs}; "
+          "both steps: the Trainer's fused AdamW over the pre-training parameter groups; "
           "peak mem: " + ("not measured" if args.no_memory else "CUDA max_memory_allocated" if device.type == "cuda"
-                          else "peak RSS (VmHWM) of a fresh process per step kind (build + 2 steps)"))
-    print_table(rows, dtype)
+                          else "peak RSS (VmHWM)"))
+    print_table(rows)
     if fp32:
         print(f"fp32 matmul (end of run): {fp32 / 1e9:.1f} GFLOP/s")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"device": str(device), "precision": args.precision, "threads": torch.get_num_threads(),
-                       "torch": torch.__version__, "m3ae_itm_pairs": args.m3ae_itm_pairs,
-                       "fused_adamw": device.type == "cuda" or args.fused_adamw, "matmul_size": args.matmul_size,
-                       "matmul_fp32_flop_per_s_at_end": fp32, "rows": rows,
+            json.dump({"device": str(device), "host": host, "precision": args.precision,
+                       "resolved_precision": rows[0]["precision"], "threads": torch.get_num_threads(),
+                       "load_average": load, "torch": torch.__version__, "m3ae_itm_pairs": args.m3ae_itm_pairs,
+                       "optimizer": "Trainer (fused AdamW, pre-training parameter groups)",
+                       "activation_checkpointing": args.activation_checkpointing,
+                       "matmul_size": args.matmul_size, "matmul_fp32_flop_per_s_at_end": fp32, "rows": rows,
                        "overrides": {"tiny": args.tiny_overrides, "base": args.base_overrides}}, out, indent=2)
 
 

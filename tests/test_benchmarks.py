@@ -79,3 +79,120 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
     report = json.loads((tmp_path / "out" / "real_vqa_budget.json").read_text())
     assert set(report["vqa_rad"]) == {"scratch", "mpma_step500", "mpma_step1000"}
     assert report["vqa_rad"]["scratch"]["overall"]["mean"] == 50.0 and report["vqa_rad"]["scratch"]["shuffled_drop"] == 5.0
+
+
+def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_overrides, tmp_path,
+                                                                        monkeypatch) -> None:
+    """The GPU benchmark's CPU smoke mode times the Trainer step of a micro model; asked for CUDA on a
+    host without one it stops with a message that says how to smoke-test instead."""
+    import json
+
+    import pytest
+    import torch
+
+    gpu_step = _script("gpu_step")
+    out = tmp_path / "gpu_step.json"
+    rows = gpu_step.main(["--device", "cpu", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch", "4",
+                          "--precision", "fp32", "--image-size", "32", "--modes", "eager", "--json", str(out),
+                          "--overrides", *micro_overrides])
+    assert [r["mode"] for r in rows] == ["eager"] and rows[0]["batch"] == 4
+    assert rows[0]["flops_per_step"] > 0 and rows[0]["samples_per_s"] > 0 and 0 < rows[0]["mfu"]
+    assert json.loads(out.read_text())["peak_source"] == "measured matmul"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA GPU here.*--device cpu"):
+        gpu_step.main([])
+
+
+def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_path, micro_overrides):
+    """The MPMA row is the Trainer's own step; memory rows split the peak into state and activations."""
+    import json
+
+    out = tmp_path / "bench.json"
+    _script("pretrain_step").main(["--presets", "tiny", "--batch-tiny", "4", "--tiny-overrides", *micro_overrides,
+                                   "--repeats", "1", "--warmup", "1", "--matmul-size", "64", "--threads", "1",
+                                   "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["optimizer"].startswith("Trainer") and report["resolved_precision"] == "fp32"
+    mpma, m3ae = report["rows"]
+    assert (mpma["kind"], m3ae["kind"]) == ("mpma", "m3ae")
+    for row in (mpma, m3ae):
+        assert row["speed_ratio_mpma_over_m3ae"] > 0 and row["mfu"] > 0 and row["flops_per_step"] > 0
+        # fp32 weights + gradients + two AdamW moments: 16 bytes per trainable parameter, plus buffers
+        assert row["state_memory"] >= 16 * row["parameters"]
+        assert row["peak_memory"] == row["baseline_memory"] + row["state_memory"] + row["activation_memory"]
+    assert m3ae["flops_per_step"] > mpma["flops_per_step"]  # three passes against one
+
+
+def test_retrieval_cost_compares_rerank_with_all_pairs(tmp_path, micro_overrides):
+    import json
+
+    out = tmp_path / "retrieval.json"
+    _script("retrieval_cost").main(["--n", "12", "--k", "2", "--subset", "6", "--batch", "8", "--overrides",
+                                    *micro_overrides, "--json", str(out)])
+    result = json.loads(out.read_text())
+    fast, full = result["embed_rerank"], result["all_pairs"]
+    assert fast["fused_pairs"] == 2 * 12 * 2  # N x k per direction
+    assert full["fused_pairs"] == 12 * 12 and full["timed_pairs"] == 6 * 6
+    assert 0 < result["cost_ratio"] and full["seconds_extrapolated"] > full["encode_seconds"]
+    for recall in (fast["recall_all_n"], fast["recall_subset"], full["recall_subset"]):
+        assert 0.0 <= recall["i2t"]["R@1"] <= 1.0 and 0.0 <= recall["t2i"]["R@5"] <= 1.0
+
+
+def test_shared_cpu_measures_a_policy_alone_and_beside_a_busy_process(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "shared.json"
+    _script("shared_cpu").main(["--policies", "auto", "--rounds", "1", "--steps", "1", "--batch", "2",
+                                "--json", str(out)])
+    auto = json.loads(out.read_text())["policies"]["auto"]
+    assert auto["slowdown"] > 0 and auto["alone"] > 0 and auto["busy"] > 0
+    assert "slowdown" in capsys.readouterr().out
+
+
+def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 12's table: every row is a preset plus overrides that load; a pre-training per (row, seed)
+    except scratch; zero-shot retrieval only where the GLA-global head exists. The training itself is
+    stubbed: only the plan and the summary are tested."""
+    import json
+
+    from mpma.config import load_config
+
+    ablation = _script("ablation")
+    for spec in ablation.ROWS.values():  # every row is a valid configuration
+        if spec is not None:
+            load_config(spec[0], spec[1])
+    pretrained, finetuned = [], []
+
+    def fake_pretrain(row, seed, out):
+        if ablation.ROWS[row] is None:
+            return None
+        run_dir = out / row / f"seed{seed}" / "pretrain"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        grounding = {"pointing_game": {"hit_rate": 0.3 + 0.1 * seed, "chance": 0.1, "fusion_attention": 0.12},
+                     "mlm_image_gap": {"gap": 0.05}}
+        (run_dir / "summary.json").write_text(json.dumps({"grounding": grounding}))
+        pretrained.append((row, seed))
+        return run_dir
+
+    def fake_finetune(folder, task, init, extra=()):
+        finetuned.append((folder.parent.name, task, folder.name, tuple(extra)))
+        test = {"vqa": {"overall": 0.6, "open": 0.4, "closed": 0.8},
+                "retrieval_zero_shot": {"i2t": {"R@1": 0.2, "chance@1": 0.01}, "t2i": {"R@1": 0.3}},
+                "mm_cls": {"accuracy": 0.7}, "img_cls_probe_10pct": {"macro_auc": 0.9}}[task]
+        return {"test": test}
+
+    monkeypatch.setattr(ablation, "pretrain", fake_pretrain)
+    monkeypatch.setattr(ablation, "finetune", fake_finetune)
+    report = ablation.main(["--out", str(tmp_path), "--seeds", "2", "--results", str(tmp_path / "copy.json")])
+    assert sorted(report["rows"]) == sorted(["scratch", "m3ae_style", "mpma", "mpma_no_local", "mpma_no_global",
+                                             "mpma_no_memory", "mpma_no_itm"])
+    assert len(pretrained) == 6 * 2
+    zero_shot_rows = {row for row, task, _, _ in finetuned if task == "retrieval_zero_shot"}
+    assert zero_shot_rows == {"mpma", "mpma_no_local", "mpma_no_memory", "mpma_no_itm"}
+    assert all(extra == (f"run.seed={seed_folder[-1]}",) for _, _, seed_folder, extra in finetuned)
+    mpma = report["rows"]["mpma"]
+    assert mpma["vqa_overall"] == {"mean": 60.0, "sd": 0.0, "values": [60.0, 60.0]}
+    assert mpma["pointing_local"]["mean"] == 35.0 and mpma["zs_t2i_r1"]["mean"] == 30.0
+    assert "pointing_local" not in report["rows"]["scratch"] and "zs_i2t_r1" not in report["rows"]["m3ae_style"]
+    assert json.loads((tmp_path / "copy.json").read_text())["rows"] == report["rows"]
+    assert "| mpma | 60.0 ± 0.0 |" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """The package's layers import only downward, and only ``cli`` imports mpma inside functions.
 
 Order (lowest first): config -> data, models -> objectives -> eval -> tasks -> engine -> hub ->
-inference, viz -> pipelines -> cli. A module may import its own package and any lower layer;
-layers of equal rank (data and models; inference and viz) do not import each other.
+inference, viz -> pipelines, demo -> cli. A module may import its own package and any lower layer;
+layers of equal rank (data and models; inference and viz; pipelines and demo) do not import each other.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mpma"
 RANK = {"config": 0, "data": 1, "models": 1, "objectives": 2, "eval": 3, "tasks": 4, "engine": 5, "hub": 6,
-        "inference": 7, "viz": 7, "pipelines": 8, "cli": 9}
+        "inference": 7, "viz": 7, "pipelines": 8, "demo": 8, "cli": 9}
 
 
 def module_name(path: Path) -> str:

@@ -131,6 +131,17 @@ class Predictor:
         """The model's task head reads a text (False for a backbone)."""
         return self.task is not None and bool(get_task(self.task).text_fields)
 
+    @property
+    def can_answer(self) -> bool:
+        """The model has a trained head that answers questions about images (:meth:`answer` works)."""
+        spec = get_task(self.task) if self.task is not None else None
+        return spec is not None and spec.trains and spec.target == "answer"
+
+    @property
+    def can_embed(self) -> bool:
+        """The backbone kept its GLA-global alignment head (:meth:`retrieve` and :meth:`zero_shot` work)."""
+        return bool(self.backbone.has_global_alignment)
+
     def _require(self, target: str, what: str) -> None:
         """The model must have a trained head predicting ``target`` ("answer" or "labels")."""
         spec = get_task(self.task) if self.task is not None else None

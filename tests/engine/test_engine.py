@@ -178,6 +178,19 @@ def test_bf16_autocast_step_runs(micro_config, build_task, make_batch, tmp_path)
     assert math.isfinite(row["loss"])
 
 
+def test_train_step_is_one_optimizer_step_over_the_accumulated_micro_batches(micro_config, build_task, make_batch,
+                                                                             tmp_path) -> None:
+    config = micro_config("optim.accumulate=2", "optim.warmup_steps=0")
+    task = build_task(config)
+    trainer = _trainer(task, config, tmp_path)
+    before = [p.detach().clone() for p in task.parameters()]
+    lr, values, samples, grad_norm = trainer.train_step(_endless(make_batch(n=4))(0))
+    assert trainer.step == 1 and samples == 8 and lr == pytest.approx(config.optim.lr)
+    assert len(values["loss"]) == 2 and grad_norm is not None and math.isfinite(grad_norm)
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.parameters()))
+    assert not (tmp_path / "log.jsonl").exists()  # logging and checkpoints are fit's, not the step's
+
+
 # ------------------------------------------------------------------ checkpoints
 
 

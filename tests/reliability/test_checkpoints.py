@@ -215,12 +215,12 @@ def test_resume_drops_a_partial_last_log_line_with_a_warning(two_checkpoint_run,
     assert _steps(run) == [1, 2, 3]
 
 
-def test_a_corrupt_line_inside_the_log_is_an_error_naming_it(micro_config, build_task, tmp_path) -> None:
-    config = micro_config()
+def test_a_corrupt_line_inside_the_log_is_an_error_naming_it(tmp_path) -> None:
+    from mpma.engine.run_folder import truncate_log
+
     (tmp_path / "log.jsonl").write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
-    trainer = _trainer(build_task(config), config, tmp_path)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'log.jsonl'}, line 2: not valid JSON"):
-        trainer._truncate_log(3)
+        truncate_log(tmp_path / "log.jsonl", 3)
     assert (tmp_path / "log.jsonl").read_text().count("\n") == 3  # untouched
 
 

@@ -215,6 +215,7 @@ def _add_tokenizer_commands(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mpma.cli.demo import register as register_demo_command
     from mpma.cli.models import register as register_model_commands
     from mpma.cli.viz import register as register_viz_commands
 
@@ -225,10 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_commands(commands)
     register_model_commands(commands)  # convert, predict
     register_viz_commands(commands)  # visualize, report
+    register_demo_command(commands)  # demo (the Gradio page; gradio imported only when it runs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mpma.engine.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: idle OpenMP threads sleep, so a busy machine costs little
     from mpma.config import ConfigError
 
     parser = build_parser()

@@ -66,5 +66,29 @@ def multiple_of_four(key: str, width: int) -> None:
                           f"into four parts), got {width}")
 
 
+REPORT_TARGETS = ("none", "tensorboard", "wandb")
+
+
+def report_targets(key: str, value: str | list[str]) -> list[str]:
+    """``run.report_to`` as a list of experiment trackers: a list, or a comma-separated string.
+
+    "none" (alone, or with nothing else) gives ``[]``; duplicates are dropped, order is kept.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        name = str(item).strip().lower()
+        if name and name not in names:
+            names.append(name)
+    unknown = [name for name in names if name not in REPORT_TARGETS]
+    if unknown:
+        raise ConfigError(f"{key}: unknown tracker {unknown[0]!r}; expected a list or a comma-separated string of "
+                          f"{', '.join(REPORT_TARGETS)} (e.g. {key}=tensorboard or {key}=[tensorboard,wandb]), "
+                          f"got {value!r}")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"{key}: 'none' cannot be combined with other trackers, got {value!r}")
+    return [name for name in names if name != "none"]
+
+
 def _note(note: str) -> str:
     return f" ({note})" if note else ""

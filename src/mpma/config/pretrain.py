@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 from mpma.config import checks
 from mpma.config.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: mpma.engine.precision.resolve_precision
 DEVICES = ("auto", "cpu", "cuda")
+PARALLEL = ("ddp", "fsdp")  # run.parallel: mpma.engine.parallel shards for fsdp
 ACTIVATIONS = ("gelu", "quick_gelu")  # mpma.models.layers.ACTIVATIONS
 ALIGN_POOLS = ("cls", "mean")
 _MODEL_TYPE = re.compile(r"[a-z][a-z0-9_\-]*")
@@ -295,7 +296,7 @@ class RunConfig:
     """Run bookkeeping: seeds, precision, logging and checkpoints."""
 
     seed: int = 0
-    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "auto" (bf16 where the host runs it fast, else fp32)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     log_every: int = 10
     checkpoint_every: int = 500
@@ -306,18 +307,31 @@ class RunConfig:
     # whose step is a multiple of this (0 = off), into log.jsonl, and at the end into summary.json
     grounding_every: int = 0
     compile: bool = False  # torch.compile the trained module (the DDP wrapper, if any): start-up +1 min or more on CPU
-    threads: int = 0  # torch intra-op threads; 0 = torch default
+    threads: int = 0  # torch intra-op threads; 0 = auto: the cores free at start (mpma.engine.threads)
+    # under torchrun: "ddp" replicates the model on every rank; "fsdp" shards weights, gradients and AdamW
+    # state over the ranks (FSDP2, one unit per encoder/fusion block); ignored in one process
+    parallel: str = "ddp"
+    # recompute each vision block's, text layer's and fusion layer's activations in the backward pass
+    # instead of keeping them: less memory at a batch where activations dominate, ~1/3 more compute
+    activation_checkpointing: bool = False
+    # experiment trackers beside log.jsonl (mpma.engine.tracking): "none", "tensorboard" (the [track] extra),
+    # "wandb" (offline; when installed); a list or a comma-separated string; stored as a list ([] = none)
+    report_to: str | list[str] = "none"
 
     def __post_init__(self) -> None:
         checks.at_least("run.seed", self.seed, 0)
         checks.choice("run.precision", self.precision, PRECISIONS)
         checks.choice("run.device", self.device, DEVICES)
+        checks.choice("run.parallel", self.parallel, PARALLEL)
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError("run.parallel=fsdp trains in fp32 or bf16 (no fp16 loss scaling); use run.precision=bf16")
         checks.positive("run.log_every", self.log_every, "steps between log lines")
         checks.positive("run.checkpoint_every", self.checkpoint_every, "steps between checkpoints")
         checks.at_least("run.keep_checkpoints", self.keep_checkpoints, 0, "0 = keep all")
         checks.positive("run.eval_size", self.eval_size)
         checks.at_least("run.grounding_every", self.grounding_every, 0, "0 = off")
-        checks.at_least("run.threads", self.threads, 0, "0 = torch default")
+        checks.at_least("run.threads", self.threads, 0, "0 = auto, the free cores")
+        self.report_to = checks.report_targets("run.report_to", self.report_to)
 
 
 @dataclass

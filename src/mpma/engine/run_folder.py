@@ -45,6 +45,8 @@ RUN_FILES: dict[str, str] = {
     "metrics.json": "fine-tuning: the test metrics",
     "metrics.md": "fine-tuning: the test metrics as a table",
     "report": "the default output folder of `mpma report`",
+    "tensorboard": "run.report_to=tensorboard: the TensorBoard event files",
+    "wandb": "run.report_to=wandb: the offline Weights & Biases run",
 }  # and each of these names + ".tmp" (a file being written atomically)
 LOCK = ".lock"
 
@@ -348,3 +350,32 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """Resuming at ``step``: drop the lines of ``log`` (a run's log.jsonl) that the interrupted run
+    wrote after it (they will be replayed), and a partial last line (a killed write) with a
+    :class:`RunFolderWarning`.
+
+    Raises:
+        ValueError: a line other than the last cannot be parsed (named by file and line number).
+    """
+    if not log.exists():
+        return
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{log}, line {number}: not valid JSON ({error.msg}); fix or delete that line, "
+                                 "then --resume again") from None
+            warnings.warn(f"{log}: dropped its partial last line (line {number}, {len(line)} characters, "
+                          "left by a killed write)", RunFolderWarning, stacklevel=3)
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    tmp = log.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(log)

@@ -23,8 +23,10 @@ from torch import nn
 
 from mpma.config import OptimConfig, RunConfig
 from mpma.engine import checkpoint as ckpt
+from mpma.engine import parallel
 from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
-from mpma.engine.run_folder import RunFolderWarning
+from mpma.engine.precision import cpu_bf16_features, resolve_precision
+from mpma.engine.run_folder import RunFolderWarning, truncate_log
 
 
 class DivergenceError(ValueError, FloatingPointError):
@@ -82,9 +84,13 @@ class Trainer:
         optim: optimisation settings.
         run: run settings (seed, precision, logging, checkpoints).
         run_dir: output folder (rank 0 writes ``log.jsonl`` and ``checkpoints/``).
-        env: distributed environment; with world size > 1 the task is wrapped in DDP.
-            With ``run.compile`` the (wrapped) task is then passed through ``torch.compile``.
+        env: distributed environment; with world size > 1 the task is wrapped in DDP, or sharded
+            in place with FSDP2 when ``run.parallel=fsdp`` (:mod:`mpma.engine.parallel`; ``param_groups``
+            are then rebuilt on the sharded parameters). With ``run.compile`` the (wrapped) task is
+            then passed through ``torch.compile``.
         on_checkpoint: called on rank 0 after each checkpoint with the step (e.g. to draw curves).
+        on_log: called on rank 0 with each record written to ``log.jsonl`` (e.g. an experiment tracker,
+            :class:`mpma.engine.tracking.Tracker`).
         weights_module: the module whose weights a checkpoint holds (e.g. the backbone inside a
             pre-training task); defaults to ``task``. It must hold every trained parameter.
         write_model: writes a checkpoint's weights as a model folder (see :func:`ckpt.save_checkpoint`).
@@ -105,6 +111,7 @@ class Trainer:
         find_unused_parameters: bool = False,
         weights_module: nn.Module | None = None,
         write_model: Callable[[Path], None] | None = None,
+        on_log: Callable[[dict], None] | None = None,
     ) -> None:
         self.task = task
         self.weights_module = task if weights_module is None else weights_module
@@ -115,16 +122,17 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.env = env
         self.on_checkpoint = on_checkpoint
+        self.on_log = on_log
+        self.sharded = env.distributed and run.parallel == "fsdp"  # FSDP2 (mpma.engine.parallel), else DDP
+        if self.sharded:
+            param_groups = parallel.shard(task, param_groups, env.device, env.world_size)
         self.optimizer = torch.optim.AdamW(
             param_groups, betas=(optim.beta1, optim.beta2), eps=optim.eps,
             fused=True,  # one kernel for every tensor, on CPU as on GPU (3x faster than the per-tensor loop)
         )
         self.wrapped = task
-        if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [env.device.index] if env.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(task, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        if env.distributed and not self.sharded:
+            self.wrapped = parallel.wrap_ddp(task, env.device, find_unused_parameters)
         if run.compile:
             # Compile the outermost module (the DDP wrapper when distributed: its graph breaks at the
             # gradient buckets). Compilation is lazy, on the first steps. Checkpoints save the bare
@@ -134,14 +142,11 @@ class Trainer:
                 logging.getLogger("mpma").warning("run.compile=true: torch.compile adds start-up time while the "
                                                   "first steps compile (a minute or more on CPU)")
         self.step = 0
-        precision = run.precision
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"run.precision must be fp32, bf16 or fp16, got {precision!r}")
-        if precision == "fp16" and env.device.type != "cuda":
-            raise ValueError("run.precision=fp16 needs a GPU; use bf16 on CPU")
-        if precision == "bf16" and env.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        precision = resolve_precision(run.precision, env.device, sum(p.numel() for p in task.parameters()))  # auto
+        self.precision = precision
+        if precision == "bf16" and env.device.type == "cpu" and not cpu_bf16_features()["native"]:
             warnings.warn("run.precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): matmuls run ~50x "
-                          "slower than fp32 here; use run.precision=fp32", stacklevel=2)
+                          "slower than fp32 here; use run.precision=fp32 or auto", stacklevel=2)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
@@ -165,16 +170,20 @@ class Trainer:
         self._load(checkpoint, weights, state)
 
     def _load(self, checkpoint: Path, weights: dict[str, torch.Tensor], state: dict) -> None:
-        ckpt.load_state_strict(self.weights_module, weights, checkpoint / ckpt.WEIGHTS)
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # every rank read the full checkpoint and keeps its shard
+            parallel.load_full_state(self.weights_module, self.task, self.optimizer, weights, state["optimizer"],
+                                     str(checkpoint / ckpt.WEIGHTS))
+        else:
+            ckpt.load_state_strict(self.weights_module, weights, checkpoint / ckpt.WEIGHTS)
+            self.optimizer.load_state_dict(state["optimizer"])
         for group, own in zip(self.optimizer.param_groups, settings):
             group.update(own)
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         if self.env.is_main:
-            self._truncate_log(self.step)
+            truncate_log(self.run_dir / "log.jsonl", self.step)
 
     def resume_latest(self, check: Callable[[Path], None] | None = None) -> Path | None:
         """Resume from the newest checkpoint of ``run_dir`` that can be read; None when there is none.
@@ -247,49 +256,26 @@ class Trainer:
         Raises:
             DivergenceError: the weights or the optimizer state hold NaN or inf; nothing is written.
         """
-        path = None
-        state = self.state_dict()
+        path, state, weights = None, self.state_dict(), {}
         try:
-            ckpt.check_finite(self.weights_module, state)
+            if self.sharded:  # gathered in full on rank 0 (every rank takes part), checked there
+                weights, state["optimizer"] = parallel.full_state(self.weights_module, self.task, self.optimizer)
+                parallel.check_finite(weights, state["optimizer"])
+            else:
+                ckpt.check_finite(self.weights_module, state)
         except ckpt.NonFiniteError as error:
             raise DivergenceError(f"training diverged: after step {self.step} the model has {error}; no checkpoint "
                                   f"was written and {self.last_good_checkpoint()}") from None
         if self.env.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights_module, state,
-                                        self.run_cfg.keep_checkpoints, self.write_model)
+            with parallel.state_dict_view(self.weights_module, weights) if self.sharded else nullcontext():
+                path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights_module, state,
+                                            self.run_cfg.keep_checkpoints, self.write_model)
             if self.on_checkpoint:
                 self.on_checkpoint(self.step)
         if self.env.distributed:
             torch.distributed.barrier()
         return path
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after ``step`` by the interrupted run (they will be replayed), and a
-        partial last line (a killed write) with a :class:`RunFolderWarning`.
-
-        Raises:
-            ValueError: a line other than the last cannot be parsed (named by file and line number).
-        """
-        log = self.run_dir / "log.jsonl"
-        if not log.exists():
-            return
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                if number < len(lines):
-                    raise ValueError(f"{log}, line {number}: not valid JSON ({error.msg}); fix or delete that line, "
-                                     "then --resume again") from None
-                warnings.warn(f"{log}: dropped its partial last line (line {number}, {len(line)} characters, "
-                              "left by a killed write)", RunFolderWarning, stacklevel=3)
-                continue
-            if row.get("step", 0) <= step:
-                kept.append(line)
-        tmp = log.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(log)
 
     # ------------------------------------------------------------------ loop
 
@@ -309,7 +295,8 @@ class Trainer:
         autocast = (
             torch.autocast(self.env.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
-        no_sync = self.wrapped.no_sync() if (self.env.distributed and not sync) else nullcontext()
+        no_sync = parallel.gradient_sync(self.task if self.sharded else self.wrapped, self.sharded,
+                                         skip=self.env.distributed and not sync)
         with no_sync:
             with autocast:
                 result = self.wrapped(batch, generator)
@@ -326,6 +313,39 @@ class Trainer:
         metrics = {k: float(v) for k, v in result.metrics.items()}
         first = next(v for v in batch.values() if torch.is_tensor(v))
         return losses, metrics, int(first.shape[0])
+
+    def train_step(self, data: Iterator[dict]) -> tuple[float, dict[str, list[float]], int, float | None]:
+        """One optimizer step: ``optim.accumulate`` micro-batches from ``data``, clipping, AdamW; ``step`` + 1.
+
+        :meth:`fit` adds only logging and checkpoints: a benchmark timing this times what a run does.
+
+        Returns:
+            (learning rate, loss terms and metrics per micro-batch by name, samples over all ranks,
+            gradient norm before clipping or None when ``optim.grad_clip`` is 0).
+        """
+        lr = self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        values: dict[str, list[float]] = {}
+        samples = 0
+        for micro in range(self.optim_cfg.accumulate):
+            batch = self._to_device(next(data))
+            losses, metrics, n = self._micro_step(batch, micro, sync=micro == self.optim_cfg.accumulate - 1)
+            for key, value in {**losses, **metrics}.items():
+                values.setdefault(key, []).append(value)
+            samples += n * self.env.world_size
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.optim_cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.optim_cfg.grad_clip)
+            grad_norm = parallel.full_norm(norm)  # a DTensor under FSDP
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        return lr, values, samples, grad_norm
 
     def fit(self, batches: Callable[[int], Iterator[dict]], progress: bool = True) -> None:
         """Train until ``optim.steps``.
@@ -346,25 +366,10 @@ class Trainer:
         window_samples, window_start = 0, time.perf_counter()
         log_path = self.run_dir / "log.jsonl"
         while self.step < total_steps:
-            lr = self._set_lr()
-            self.optimizer.zero_grad(set_to_none=True)
-            for micro in range(self.optim_cfg.accumulate):
-                batch = self._to_device(next(data))
-                losses, metrics, n = self._micro_step(batch, micro, sync=micro == self.optim_cfg.accumulate - 1)
-                for key, value in {**losses, **metrics}.items():
-                    window.setdefault(key, []).append(value)
-                window_samples += n * self.env.world_size
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)
-            grad_norm = None
-            if self.optim_cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.optim_cfg.grad_clip))
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.step += 1
+            lr, values, samples, grad_norm = self.train_step(data)
+            for key, value in values.items():
+                window.setdefault(key, []).extend(value)
+            window_samples += samples
             last = self.step == total_steps
             if self.step % self.run_cfg.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_start
@@ -375,6 +380,8 @@ class Trainer:
                 if self.env.is_main:
                     with log_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
+                    if self.on_log:
+                        self.on_log(record)
                     shown = {k: f"{record[k]:.3f}" for k in ["loss", *self.loss_weights] if k in record}
                     shown["samples/s"] = f"{record['samples_per_s']:.0f}"
                     bar.set_postfix(shown, refresh=False)

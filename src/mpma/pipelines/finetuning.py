@@ -37,6 +37,7 @@ from mpma.data.text import TokenizerCoverageWarning, cached_tokenizer, coverage_
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.run_folder import FINETUNE, RunLock, prepare_run_folder
+from mpma.engine.threads import configure_threads
 from mpma.engine.trainer import Trainer, parameter_groups
 from mpma.eval.metrics import scalar_items
 from mpma.hub import load_model, save_pretrained
@@ -44,6 +45,7 @@ from mpma.hub.folder import write_json
 from mpma.models.factory import create_model
 from mpma.models.mpma import heads_for_objectives
 from mpma.pipelines.pretraining import build_pretrain_data, build_tokenizer
+from mpma.pipelines.tracking import log_validation, open_tracker
 from mpma.tasks.base import get_task
 from mpma.tasks.data import build_task_data
 from mpma.viz.curves import write_run_curves
@@ -102,6 +104,8 @@ class FinetuneRun:
             self.backbone = create_model(self.backbone_config, len(self.tokenizer), self.tokenizer.pad_token_id, heads=heads)
         else:
             self.tokenizer, self.backbone = pretrained.tokenizer, pretrained.backbone.train()
+        if config.run.activation_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
         self.fresh_alignment = self.task.prepare_backbone(config, self.backbone)
         self.classes = self.task.classes(config, self.data)
         self.collate = TaskCollator(self.tokenizer, self.max_length, images, reads_image=self.task.reads_image,
@@ -184,6 +188,7 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
     config, module, epochs = run.config, run.module, run.config.epochs
     steps_per_epoch = sampler.batches_per_epoch
     best = {"value": -math.inf, "epoch": 0}
+    tracker = open_tracker(config.run.report_to, run_dir, config.to_dict(), env.is_main)  # run.report_to
 
     def end_of_epoch(step: int) -> None:
         epoch = step // steps_per_epoch
@@ -191,6 +196,7 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
         value = run.selection_value(metrics)
         with (run_dir / "log.jsonl").open("a") as handle:
             handle.write(json.dumps({"step": step, "epoch": epoch, "val": metrics}, default=float) + "\n")
+        log_validation(tracker, step, epoch, metrics, config.optim.steps)
         if value > best["value"]:
             best.update(value=value, epoch=epoch)
             run.save_model(run_dir / "best", epoch)
@@ -204,7 +210,8 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
                               {n for n, _ in module.named_parameters() if n.startswith("backbone.")
                                and n.removeprefix("backbone.") in run.backbone.no_weight_decay()})
     trainer = Trainer(module, {k: 1.0 for k in run.task.loss_names(config)}, groups, config.optim, config.run, run_dir, env,
-                      on_checkpoint=end_of_epoch, write_model=lambda folder: run.save_model(folder, epochs))
+                      on_checkpoint=end_of_epoch, write_model=lambda folder: run.save_model(folder, epochs),
+                      on_log=tracker.log_record)
     dataset = ExampleList(run.data.splits["train"], augment_seed=config.data.seed if config.data.augment else None)
     trainer.fit(lambda start: iterate_batches(dataset, run.collate, sampler, start, config.data.num_workers), progress)
     if env.is_main:
@@ -244,8 +251,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = T
             process uses it (RunFolderLockedError).
     """
     run_dir = Path(out_dir)
-    if config.run.threads > 0:
-        torch.set_num_threads(config.run.threads)
+    configure_threads(config.run.threads)  # 0 = auto: the cores other processes leave free
     env = distributed.setup(config.run.device)
     try:
         with RunLock(run_dir) if env.is_main else nullcontext():  # under torchrun rank 0 holds the lock

@@ -29,12 +29,14 @@ from mpma.config import Config, ConfigError, config_from_dict
 from mpma.data.bad_records import BadRecords, count_bad_records
 from mpma.data.corpora import corpus_texts
 from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, PairCollator, SynthradPairs, parse_data_spec
-from mpma.data.sampling import EpochBatches, iterate_batches
+from mpma.data.sampling import CountingCollate, EpochBatches, iterate_batches
 from mpma.data.shards import open_pairs
 from mpma.data.synthrad import SynthRad
-from mpma.data.text import CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, cached_tokenizer, load_tokenizer
+from mpma.data.text import CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, TextMasker, cached_tokenizer, load_tokenizer
+from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.run_folder import PRETRAIN, RunLock, prepare_run_folder, resumable_run
+from mpma.engine.threads import configure_threads
 from mpma.engine.trainer import DivergenceError, Trainer, parameter_groups
 from mpma.eval.retrieval import embed_dataset, retrieval_report
 from mpma.hub import is_model_folder, save_pretrained
@@ -42,6 +44,7 @@ from mpma.hub.folder import pretrain_provenance, write_json
 from mpma.models.factory import create_model
 from mpma.pipelines.diagnostics import GroundingDiagnostics
 from mpma.pipelines.resuming import record_config_change, resume_config
+from mpma.pipelines.tracking import open_tracker, track_pretrain_checkpoint
 from mpma.tasks.pretrain import PretrainTask
 from mpma.viz.curves import write_run_curves
 
@@ -240,8 +243,7 @@ def run_pretraining(config: Config | None, out_dir: str | Path, resume: bool = F
         config, changes = resume_config(load_run_config(run_dir), resume_overrides)
     elif resume_overrides:
         raise ValueError("resume_overrides apply to a resumed run only (resume=True)")
-    if config.run.threads > 0:
-        torch.set_num_threads(config.run.threads)
+    configure_threads(config.run.threads)  # 0 = auto: the cores other processes leave free
     env = distributed.setup(config.run.device)
     try:
         with RunLock(run_dir) if env.is_main else nullcontext():  # under torchrun rank 0 holds the lock
@@ -266,8 +268,13 @@ def _pretrain(config: Config, run_dir: Path, env, resume: bool, progress: bool, 
     distributed.barrier()
     tokenizer = load_tokenizer(run_tokenizer)
     task = build_task(config, tokenizer).to(env.device)
+    if config.run.activation_checkpointing:
+        task.model.set_grad_checkpointing(True)
     grounding = None
-    if env.is_main and config.run.grounding_every > 0 and hasattr(data.held_out, "cases"):  # synthrad truth
+    # FSDP: no rank holds the whole model while training, so the grounding is measured at the end only
+    sharded = env.distributed and config.run.parallel == "fsdp"
+    measure_grounding = config.run.grounding_every > 0 and hasattr(data.held_out, "cases")  # synthrad truth
+    if env.is_main and measure_grounding and not sharded:
         grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir)
     trainer = _make_trainer(task, tokenizer, config, run_dir, env, grounding)
     latest = None
@@ -279,18 +286,40 @@ def _pretrain(config: Config, run_dir: Path, env, resume: bool, progress: bool, 
         write_json(run_dir / "config.json", config.to_dict())  # with the changes, if any
         if changes:
             record_config_change(run_dir, trainer.step, changes)
-    collate = PairCollator(tokenizer, config.text.max_length)
+    collate = PairCollator(tokenizer, config.text.max_length)  # held-out evaluation: no masking
+    train_collate = PairCollator(tokenizer, config.text.max_length, masker=_text_masker(task, config, env))
     bad = BadRecords.for_training(data, config.data.max_bad_fraction, run_dir, env, fresh=latest is None)
     started = time.perf_counter()
     try:
-        trainer.fit(lambda start: bad.filter(_batches(data.train, collate, config, env, start)), progress)
+        trainer.fit(lambda start: bad.filter(_batches(data.train, train_collate, config, env, start)), progress)
     except DivergenceError as error:
         raise DivergenceError(f"{error}. To go on from there (from step 0 without a checkpoint) with a lower "
                               f"learning rate: mpma pretrain --out {run_dir} --resume optim.lr=<lower>") from None
     train_seconds = time.perf_counter() - started
     if not env.is_main:
         return {}
+    if sharded:  # FSDP: the summary's evaluation runs on rank 0 alone, on the whole last checkpoint
+        task = _unsharded_task(config, tokenizer, run_dir, env)
+        grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir) if measure_grounding else None
     return _write_summary(task, data, collate, config, run_dir, env, train_seconds, grounding)
+
+
+def _unsharded_task(config: Config, tokenizer, run_dir: Path, env) -> PretrainTask:
+    """A new task on this rank's device holding the weights of the run's newest checkpoint (the
+    trained task of a ``run.parallel=fsdp`` run holds only this rank's shard)."""
+    task = build_task(config, tokenizer).to(env.device)
+    weights, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir))
+    ckpt.load_state_strict(task.model, weights, run_dir)
+    return task
+
+
+def pretrain_parameter_groups(task: PretrainTask, config: Config) -> list[dict]:
+    """The AdamW groups of a pre-training run: fusion/heads at ``optim.lr * optim.head_lr_mult``, no
+    weight decay on biases, norms and the model's ``no_weight_decay`` names (also used by
+    benchmarks/pretrain_step.py, so that it times the optimizer a run uses)."""
+    model = task.model
+    return parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
+                            {f"model.{n}" for n in model.no_weight_decay()})
 
 
 def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env,
@@ -299,19 +328,20 @@ def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, 
     model folders with pre-training provenance, curves.png redrawn and the grounding diagnostics taken
     (when asked) at each checkpoint."""
     model = task.model
-    groups = parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
-                              {f"model.{n}" for n in model.no_weight_decay()})
+    groups = pretrain_parameter_groups(task, config)
     # Without ITM nothing reads the fusion's pooled output, so its poolers get no gradient.
     # curves.png is redrawn at each checkpoint (the last one follows the last log line); never raises.
     provenance = {"pretrain": pretrain_provenance(config, None)}
+    tracker = open_tracker(config.run.report_to, run_dir, config.to_dict(), env.is_main)  # run.report_to
 
     def on_checkpoint(step: int) -> None:
         if grounding is not None and step % config.run.grounding_every == 0:
             grounding.measure(step)
         write_run_curves(run_dir)
+        track_pretrain_checkpoint(tracker, run_dir, step, config.optim.steps)
 
     return Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
-                   on_checkpoint=on_checkpoint,
+                   on_checkpoint=on_checkpoint, on_log=tracker.log_record,
                    find_unused_parameters=model.itm_head is None, weights_module=model,
                    write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
                                                               config=config))
@@ -343,18 +373,30 @@ def _write_summary(task: PretrainTask, data: PretrainData, collate, config: Conf
 
 def _batches(dataset, collate, config: Config, env, start: int):
     """Endless batches from global micro-batch ``start``: exact replay for map-style data; a packed
-    (iterable) stream restarts its shuffled shard stream and skips ``start`` batches."""
+    (iterable) stream restarts its shuffled shard stream and skips ``start`` batches. On a GPU the
+    batches come in pinned memory; ``data.num_workers`` processes each keep 4 batches ready."""
     from torch.utils.data import DataLoader, IterableDataset
 
+    workers, pin = config.data.num_workers, env.device.type == "cuda"
     if isinstance(dataset, IterableDataset):
-        loader = DataLoader(dataset, batch_size=config.data.batch_size, collate_fn=collate,
-                            num_workers=config.data.num_workers)
+        loader = DataLoader(dataset, batch_size=config.data.batch_size,
+                            collate_fn=CountingCollate(collate) if getattr(collate, "numbered", False) else collate,
+                            num_workers=workers, pin_memory=pin, prefetch_factor=4 if workers else None,
+                            persistent_workers=workers > 0)
         stream = iter(loader)
         for _ in range(start):
             next(stream)
         return stream
     sampler = EpochBatches(len(dataset), config.data.batch_size, config.data.seed, env.rank, env.world_size)
-    return iterate_batches(dataset, collate, sampler, start, config.data.num_workers)
+    return iterate_batches(dataset, collate, sampler, start, workers, pin_memory=pin)
+
+
+def _text_masker(task: PretrainTask, config: Config, env) -> TextMasker | None:
+    """The MLM masking of the training batches, drawn on the loader workers (None without MLM)."""
+    if "mlm" not in task.loss_weights:
+        return None
+    return TextMasker(task.mask_token_id, task.vocab_size, config.text.mask_ratio, config.text.whole_word,
+                      seed=config.run.seed * 1_000_003 + env.rank)
 
 
 def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Config, device) -> dict:

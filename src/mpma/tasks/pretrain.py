@@ -14,6 +14,7 @@ weights, sums and steps. Per pass:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -85,10 +86,8 @@ class PretrainTask(nn.Module):
         if generator is not None and device.type != "cpu":
             mask_generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         step_generator = mask_generator if device.type != "cpu" else generator
-        pick_negatives = None
-        if "itm" in weights:
-            def pick_negatives(out: MPMAOutput) -> tuple[torch.Tensor, torch.Tensor]:
-                return self._negatives(out, batch, step_generator)
+        # ITM negatives are chosen from the alignment similarities, then fused in the pairs' fusion call
+        pick_negatives = partial(self._negatives, batch=batch, generator=step_generator) if "itm" in weights else None
         out = self.model(
             images, input_ids, batch["attention_mask"], mlm_positions=mlm_positions, generator=step_generator,
             negative_pairs=pick_negatives,

@@ -1,0 +1,143 @@
+"""The miniature reproduction on synthrad: does each part of MPMA matter? (issue 12's table)
+
+    python benchmarks/ablation.py --out runs/ablation                  # 7 rows x 3 seeds, ~2-3 h on 2 cores
+    python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
+
+Every row is a preset plus overrides (never a code fork), pre-trained with the default ``mpma pretrain``
+budget on the same synthrad data, one pre-training per seed (``run.seed``); each pre-trained model is then
+fine-tuned / evaluated with the budgets of ``benchmarks/downstream.py`` and the same seed:
+
+- VQA overall / open / closed (``vqa``),
+- zero-shot retrieval R@1, image->text and text->image, with chance (``retrieval_zero_shot``; rows
+  without the GLA-global head have none),
+- mm_cls accuracy, the 10%-label linear-probe AUC (``img_cls_probe_10pct``),
+- the final pointing game of the pre-training run (GLA-local hit rate and the fusion attention's,
+  with chance) and the MLM image gap (own image minus a shuffled one), from its ``summary.json``.
+
+Figures are mean and sd over the seeds, in percent. Finished runs are reused, so an interrupted
+command picks up where it stopped. Writes ``<out>/ablation.json`` (and ``--results``, e.g.
+docs/results/ablation.json) as ``{"rows": {"<row>": {"vqa_overall": {"mean", "sd"}, ...}}, ...}`` and
+prints a markdown table with the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from downstream import finetune  # noqa: E402
+from real_vqa import cpu_features, mean_sd  # noqa: E402
+
+# row -> (pre-training preset, overrides); None: no pre-training (fine-tuned from scratch)
+ROWS: dict[str, tuple[str, list[str]] | None] = {
+    "scratch": None,
+    "m3ae_style": ("tiny_m3ae", []),
+    "mpma": ("tiny", []),
+    "mpma_no_local": ("tiny", ["objectives.local_align=0"]),
+    "mpma_no_global": ("tiny", ["objectives.global_align=0"]),
+    "mpma_no_memory": ("tiny", ["fusion.memory_slots=0"]),
+    "mpma_no_itm": ("tiny", ["objectives.itm=0"]),
+}
+TASKS = ("vqa", "retrieval_zero_shot", "mm_cls", "img_cls_probe_10pct")
+COLUMNS = ("vqa_overall", "vqa_open", "vqa_closed", "zs_i2t_r1", "zs_t2i_r1", "zs_chance_r1", "mm_cls_accuracy",
+           "probe10_auc", "pointing_local", "pointing_fusion", "pointing_chance", "mlm_gap")
+
+
+def pretrain(row: str, seed: int, out: Path) -> Path | None:
+    """The row's pre-training run for ``seed`` (run in process; reused when finished)."""
+    spec = ROWS[row]
+    if spec is None:
+        return None
+    from mpma.config import load_config
+    from mpma.pipelines.pretraining import run_pretraining
+
+    preset, overrides = spec
+    run_dir = out / row / f"seed{seed}" / "pretrain"
+    if not (run_dir / "summary.json").exists():
+        resume = (run_dir / "config.json").exists()
+        config = None if resume else load_config(preset, [*overrides, f"run.seed={seed}"])
+        run_pretraining(config, run_dir, resume=resume, progress=False)
+    return run_dir
+
+
+def seed_figures(row: str, seed: int, out: Path) -> dict[str, float]:
+    """Every column of one (row, seed), in percent; a column the row cannot have is left out."""
+    run_dir = pretrain(row, seed, out)
+    init = str(run_dir) if run_dir else "scratch"
+    folder = out / row / f"seed{seed}"
+    figures: dict[str, float] = {}
+    for task in TASKS:
+        if task == "retrieval_zero_shot" and (run_dir is None or "zs" in _missing_heads(row)):
+            continue  # zero-shot needs the GLA-global head
+        test = finetune(folder, task, init, extra=[f"run.seed={seed}"])["test"]
+        if task == "vqa":
+            figures.update(vqa_overall=test["overall"], vqa_open=test["open"], vqa_closed=test["closed"])
+        elif task == "retrieval_zero_shot":
+            figures.update(zs_i2t_r1=test["i2t"]["R@1"], zs_t2i_r1=test["t2i"]["R@1"],
+                           zs_chance_r1=test["i2t"]["chance@1"])
+        elif task == "mm_cls":
+            figures["mm_cls_accuracy"] = test["accuracy"]
+        else:
+            figures["probe10_auc"] = test["macro_auc"]
+    if run_dir is not None:
+        grounding = json.loads((run_dir / "summary.json").read_text()).get("grounding", {})
+        pointing, gap = grounding.get("pointing_game", {}), grounding.get("mlm_image_gap", {})
+        for column, value in (("pointing_local", pointing.get("hit_rate")), ("pointing_chance", pointing.get("chance")),
+                              ("pointing_fusion", pointing.get("fusion_attention")), ("mlm_gap", gap.get("gap"))):
+            if value is not None:
+                figures[column] = value
+    return {name: 100 * value for name, value in figures.items()}
+
+
+def _missing_heads(row: str) -> set[str]:
+    """"zs" when the row's pre-training has no GLA-global head (no zero-shot retrieval)."""
+    spec = ROWS[row]
+    return {"zs"} if spec and (spec[0].endswith("_m3ae") or "objectives.global_align=0" in spec[1]) else set()
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict]:
+    return {column: mean_sd([f[column] for f in per_seed]) for column in COLUMNS if all(column in f for f in per_seed)}
+
+
+def table(rows: dict[str, dict]) -> str:
+    shown = ("vqa_overall", "vqa_open", "vqa_closed", "zs_i2t_r1", "zs_t2i_r1", "mm_cls_accuracy", "probe10_auc",
+             "pointing_local", "mlm_gap")
+    lines = ["| row | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    for name, entry in rows.items():
+        cells = [f"{entry[c]['mean']:.1f} ± {entry[c]['sd']:.1f}" if c in entry else "n/a" for c in shown]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--results", type=Path, help="also write the JSON here (e.g. docs/results/ablation.json)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows = {}
+    for row in args.rows:
+        rows[row] = summarise([seed_figures(row, seed, args.out) for seed in range(args.seeds)])
+        print(json.dumps({row: rows[row]}), flush=True)
+    wall = round(time.perf_counter() - started, 1)
+    report = {"rows": rows, "seeds": args.seeds, "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
+              "host": {"cpu_features": cpu_features()}, "units": "percent; mean and sd over the seeds",
+              "command": "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    text = json.dumps(report, indent=2) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(text)
+    if args.results:
+        args.results.write_text(text)
+    print(table(rows))
+    print(f"\nwall time {wall:.0f} s on {cpu_features()}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

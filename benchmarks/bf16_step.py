@@ -1,0 +1,97 @@
+"""bf16 against fp32 for the Trainer's step on this host, interleaved in one process.
+
+For each ``PRESET:BATCH`` it builds one PretrainTask (random weights) and one synthetic batch
+(benchmarks/pretrain_step.py builds both) and two Trainers over it, ``run.precision=fp32`` and
+``bf16`` (each with its own fused AdamW), then alternates their ``train_step`` repetition by
+repetition, so that load from other processes hits both alike. It prints the median s/step of
+each, the median of the per-repetition fp32/bf16 ratios (> 1: bf16 is faster), the bf16/fp32
+speed-up of a square matmul measured between repetitions, what ``run.precision=auto`` resolves to,
+and with ``--profile`` the share of self CPU time per op class in each precision.
+
+    python benchmarks/bf16_step.py                                 # tiny:2 tiny:64 small:2 small:32 base:2
+    python benchmarks/bf16_step.py --cases base:2 base:8 --threads 2 --repeats 5 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pretrain_step as ps  # noqa: E402
+
+from mpma.engine.precision import describe_cpu_bf16, resolve_precision  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=["tiny:2", "tiny:64", "small:2", "small:32", "base:2"],
+                   help="PRESET:BATCH pairs")
+    p.add_argument("--repeats", type=int, default=3, help="measured repetitions per case (after one warm-up)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--matmul-size", type=int, default=1024)
+    p.add_argument("--profile", action="store_true", help="op-class shares of one step in each precision")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def measure_case(preset: str, batch_size: int, args, tokenizer, tmp: str) -> dict:
+    """Interleaved fp32/bf16 timing of one (preset, batch) case."""
+    bench = ps.parse_args(["--presets", preset, "--batch", str(batch_size)])
+    config, task, batch_size, vocab = ps.build(preset, bench, tokenizer, torch.device("cpu"))
+    batch = ps.synthetic_batch(config, batch_size, tokenizer, vocab, torch.device("cpu"))
+    steps = {}
+    for precision in PRECISIONS:
+        run = dataclasses.replace(config.run, precision=precision)
+        trainer = ps.make_trainer(task, dataclasses.replace(config, run=run), torch.device("cpu"), tmp)
+        steps[precision] = lambda trainer=trainer: trainer.train_step(iter(lambda: batch, None))
+    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    matmul: list[float] = []
+    for rep in range(1 + args.repeats):
+        for precision in PRECISIONS if rep % 2 == 0 else PRECISIONS[::-1]:
+            seconds = ps.timed(steps[precision], torch.device("cpu"))
+            times[precision] += [seconds] if rep else []
+        matmul.append(ps.matmul_flops(torch.device("cpu"), torch.bfloat16, args.matmul_size)
+                      / ps.matmul_flops(torch.device("cpu"), torch.float32, args.matmul_size))
+        ps.log(f"{preset}:{batch_size} repetition {rep + 1} of {1 + args.repeats}")
+    shares = {p: ps.profile_step(steps[p], torch.device("cpu"), 12) for p in PRECISIONS} if args.profile else None
+    return {"preset": preset, "batch": batch_size, **{f"{p}_s_per_step": statistics.median(times[p]) for p in PRECISIONS},
+            "speedup_bf16": statistics.median(f / b for f, b in zip(times["fp32"], times["bf16"])),
+            "matmul_speedup_bf16": statistics.median(matmul), "times": times, "profile_shares": shares}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = ps.make_tokenizer(tmp)
+        rows = [measure_case(c.split(":")[0], int(c.split(":")[1]), args, tokenizer, tmp) for c in args.cases]
+    auto = resolve_precision("auto", torch.device("cpu"))
+    print(f"\n{describe_cpu_bf16()}; threads {torch.get_num_threads()}, load average {load:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at end; run.precision=auto -> {auto}")
+    print(f"{'case':<12}{'fp32 s/step':>13}{'bf16 s/step':>13}{'step speed-up':>15}{'matmul speed-up':>17}")
+    for r in rows:
+        print(f"{r['preset'] + ':' + str(r['batch']):<12}{r['fp32_s_per_step']:>13.3f}{r['bf16_s_per_step']:>13.3f}"
+              f"{r['speedup_bf16']:>14.2f}x{r['matmul_speedup_bf16']:>16.1f}x")
+        for precision, shares in (r["profile_shares"] or {}).items():
+            print(f"    {precision}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in shares.items()))
+    print(f"speed-up: median of per-repetition fp32/bf16 step times; matmul: {args.matmul_size}^2 bf16/fp32 FLOP/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"host": describe_cpu_bf16(), "auto": auto, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,183 @@
+"""``run.threads``: how many intra-op threads a run uses, so that other busy processes cost little.
+
+Why the default is not torch's (one thread per core): torch's OpenMP parallel regions end in a
+barrier, so a step runs at the pace of its slowest thread. When another process keeps one core
+busy, the thread sharing that core gets a time slice only now and then and every one of the
+thousands of parallel regions per step waits for it. Measured on a 2-core machine (issue 14):
+``mpma pretrain optim.steps=60 run.eval_size=100`` took 18.4 s idle, 232.5 s (12.6x) beside one
+busy single-threaded process with torch's 2 threads, and 26.6 s (1.45x) with 1 thread.
+
+``run.threads=0`` (the default) therefore means *auto*: one thread per core that is free when the
+run starts, found by sampling ``/proc/stat`` over :data:`SAMPLE_SECONDS` for the cores this process
+may run on (``os.sched_getaffinity``), at least 1 and at most the thread count set before (torch's
+default, ``OMP_NUM_THREADS``, or the calling program's choice: see :func:`thread_cap`). Where ``/proc/stat``
+cannot be read the 1-minute load average stands in for the busy cores. A positive ``run.threads``
+is used as given. The choice is made once, at start; a process that starts competing later is not
+seen by it.
+
+The wait policy does the rest: by default OpenMP threads spin at each barrier before sleeping, and
+a spinning thread takes the core from the sibling it waits for. The ``mpma`` command therefore sets
+``OMP_WAIT_POLICY=PASSIVE`` before torch loads (:func:`prefer_passive_wait`; a value the user set is
+kept). Measured with benchmarks/shared_cpu.py on this 2-core machine while another 2-thread job ran
+(tiny, batch 16, s/step): torch's 2 spinning threads 7.7 alone and 18.9 beside one more busy
+process, 2 passive threads 0.91 and 0.85; figures and the idle-machine rerun in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+SAMPLE_SECONDS = 0.2  # /proc/stat sampling window of free_cores()
+_STAT = "/proc/stat"
+# What configure_threads last set ("set") and the setting it found before ("cap"): auto never goes above
+# the caller's setting (torch's default, OMP_NUM_THREADS, or what the embedding program set).
+_OURS: dict[str, int] = {}
+
+
+@dataclass
+class ThreadChoice:
+    """The outcome of :func:`configure_threads`.
+
+    Attributes:
+        threads: intra-op threads set (``torch.get_num_threads()`` afterwards).
+        requested: ``run.threads`` as configured (0 = auto).
+        allowed: cores this process may run on.
+        free: cores found free (None when a positive ``run.threads`` made sampling unnecessary).
+        source: how ``free`` was measured: ``"/proc/stat"``, ``"loadavg"`` or ``"given"``.
+    """
+
+    threads: int
+    requested: int
+    allowed: int
+    free: float | None
+    source: str
+
+    def describe(self) -> str:
+        """One line for the run's log."""
+        if self.source == "given":
+            return f"{self.threads} intra-op threads (run.threads={self.requested})"
+        return (f"{self.threads} intra-op threads (run.threads=0: auto, {self.free:.1f} of {self.allowed} cores "
+                f"free by {self.source})")
+
+
+def prefer_passive_wait(environ: dict[str, str] | None = None) -> bool:
+    """Let OpenMP threads that wait at a barrier sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
+
+    A spinning thread burns the core that a descheduled sibling, or another process, needs; beside
+    a busy process that multiplies the step time (see the module docstring and
+    benchmarks/shared_cpu.py). OpenMP reads the variable once, when torch loads it, so this only
+    takes effect before torch is first imported: the ``mpma`` command calls it first thing. A value
+    the user set is kept.
+
+    Args:
+        environ: the environment to set (default ``os.environ``).
+
+    Returns:
+        Whether the policy will be PASSIVE: False when torch is already loaded (too late for this
+        process) or the user chose another policy.
+    """
+    environ = os.environ if environ is None else environ
+    if "torch" in sys.modules:
+        return False
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
+
+
+def allowed_cpus() -> list[int]:
+    """The CPU ids this process may run on (all of ``os.cpu_count()`` where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _cpu_times(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
+    """(idle ticks, total ticks) per CPU id of ``cpus`` from /proc/stat; None where it cannot be read."""
+    try:
+        with open(_STAT) as stat:
+            lines = stat.readlines()
+    except OSError:
+        return None
+    wanted, times = set(cpus), {}
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        cpu = int(name[3:])
+        if cpu in wanted:
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[cpu] = (ticks[3] + ticks[4], sum(ticks))
+    return times if set(times) == wanted else None
+
+
+def free_cores(seconds: float = SAMPLE_SECONDS, cpus: list[int] | None = None) -> tuple[float, str]:
+    """How many of ``cpus`` (default: :func:`allowed_cpus`) other processes leave idle.
+
+    Args:
+        seconds: sampling window; the caller should be idle meanwhile (it sleeps here).
+        cpus: CPU ids to look at.
+
+    Returns:
+        (free cores, a fraction summed over ``cpus``; the source: ``"/proc/stat"`` or ``"loadavg"``).
+    """
+    cpus = allowed_cpus() if cpus is None else cpus
+    before = _cpu_times(cpus)
+    if before is not None:
+        time.sleep(seconds)
+        after = _cpu_times(cpus)
+        if after is not None:
+            free = 0.0
+            for cpu in cpus:
+                total = after[cpu][1] - before[cpu][1]
+                free += (after[cpu][0] - before[cpu][0]) / total if total > 0 else 1.0
+            return free, "/proc/stat"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(0.0, len(cpus) - load), "loadavg"
+
+
+def auto_threads(free: float, allowed: int, default: int) -> int:
+    """Threads for ``free`` free cores: ``round(free)`` clamped to [1, min(allowed, default)].
+
+    A half-busy core (free 0.5) still counts as busy: its thread would make every barrier wait.
+    """
+    return max(1, min(int(free + 0.4), allowed, default))
+
+
+def thread_cap() -> int:
+    """The most threads auto may pick: the current setting, unless it is the one this module set (then
+    the setting found before it, so that a second run in the same process may use more threads again)."""
+    import torch  # here, not at the top: prefer_passive_wait must run before torch is first imported
+
+    current = torch.get_num_threads()
+    if _OURS.get("set") != current:  # never set here, or changed since by someone else: theirs is the cap
+        _OURS["cap"] = current
+    return _OURS["cap"]
+
+
+def configure_threads(requested: int, log: logging.Logger | None = None) -> ThreadChoice:
+    """Set torch's intra-op threads for ``run.threads=requested`` and return what was chosen.
+
+    Args:
+        requested: a positive count is used as given; 0 = auto (see the module docstring).
+        log: where to log the choice (info level); None = the ``mpma`` logger.
+
+    Raises:
+        ValueError: a negative ``requested``.
+    """
+    if requested < 0:
+        raise ValueError(f"run.threads must be >= 0 (0 = auto: the free cores), got {requested}")
+    cpus, cap = allowed_cpus(), thread_cap()
+    if requested > 0:
+        choice = ThreadChoice(requested, requested, len(cpus), None, "given")
+    else:
+        free, source = free_cores(cpus=cpus)
+        choice = ThreadChoice(auto_threads(free, len(cpus), cap), 0, len(cpus), free, source)
+    import torch
+
+    torch.set_num_threads(choice.threads)
+    _OURS["set"] = choice.threads
+    (log or logging.getLogger("mpma")).info(choice.describe())
+    return choice
