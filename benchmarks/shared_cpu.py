@@ -11,7 +11,7 @@ Policies:
 - ``default``: torch's default threads (one per core): mpma before ``run.threads=0`` meant auto;
 - ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning);
 - ``auto``: ``run.threads=0``, the cores found free at start (:func:`mpma.engine.threads.configure_threads`);
-- ``auto+passive``: both, the ``mpma`` command's default (:func:`mpma.engine.threads.prefer_passive_wait`).
+- ``auto+passive``: both (``auto`` alone is the ``mpma`` default: PASSIVE costs an idle machine ~1.3x).
 
 Modes: ``step`` (default) times ``--steps`` Trainer steps of ``--preset`` at ``--batch`` on a
 synthetic batch (benchmarks/pretrain_step.py builds them); ``cli`` times the whole command
@@ -88,8 +88,6 @@ def measure(policy: str, busy: bool, args) -> dict:
     env.pop("OMP_WAIT_POLICY", None)  # OpenMP's default: spin a while, then sleep
     if policy.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    elif args.mode == "cli":
-        env["OMP_WAIT_POLICY"] = ""  # keeps OpenMP's default (one "invalid value" line) where mpma would set PASSIVE
     hog = subprocess.Popen(BUSY) if busy else None
     try:
         if hog is not None:

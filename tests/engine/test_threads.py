@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -67,25 +66,3 @@ def test_configure_threads_sets_what_it_reports(monkeypatch, keep_threads) -> No
     assert (given.threads, given.source, given.free, torch.get_num_threads()) == (1, "given", None, 1)
     with pytest.raises(ValueError, match="run.threads must be >= 0"):
         configure_threads(-1)
-
-
-def test_passive_wait_is_set_only_before_torch_loads_and_never_over_the_user(monkeypatch) -> None:
-    from mpma.engine.threads import prefer_passive_wait
-
-    environ: dict[str, str] = {}
-    assert prefer_passive_wait(environ) is False and environ == {}  # torch is loaded here: too late
-    monkeypatch.delitem(sys.modules, "torch")  # as in the `mpma` command before anything imported torch
-    assert prefer_passive_wait(environ) is True and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
-    user = {"OMP_WAIT_POLICY": "active"}
-    assert prefer_passive_wait(user) is False and user == {"OMP_WAIT_POLICY": "active"}
-
-
-def test_the_mpma_command_sets_the_passive_wait_policy_before_torch_loads() -> None:
-    import os
-    import subprocess
-
-    code = ("import os\nfrom mpma import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('POLICY', os.environ.get('OMP_WAIT_POLICY'))")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert "POLICY PASSIVE" in out

@@ -231,9 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mpma.engine.threads import prefer_passive_wait
-
-    prefer_passive_wait()  # before torch loads: idle OpenMP threads sleep, so a busy machine costs little
     from mpma.config import ConfigError
 
     parser = build_parser()

@@ -15,19 +15,18 @@ cannot be read the 1-minute load average stands in for the busy cores. A positiv
 is used as given. The choice is made once, at start; a process that starts competing later is not
 seen by it.
 
-The wait policy does the rest: by default OpenMP threads spin at each barrier before sleeping, and
-a spinning thread takes the core from the sibling it waits for. The ``mpma`` command therefore sets
-``OMP_WAIT_POLICY=PASSIVE`` before torch loads (:func:`prefer_passive_wait`; a value the user set is
-kept). Measured with benchmarks/shared_cpu.py on this 2-core machine while another 2-thread job ran
-(tiny, batch 16, s/step): torch's 2 spinning threads 7.7 alone and 18.9 beside one more busy
-process, 2 passive threads 0.91 and 0.85; figures and the idle-machine rerun in benchmarks/README.md.
+The wait policy is left to OpenMP's default (spin a while at a barrier, then sleep). Setting
+``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) helps when a competing process starts
+*after* the run chose its threads, but it costs an idle machine: an 80-step ``mpma pretrain`` on this
+2-core machine, idle, took 48.0 and 50.7 s with PASSIVE against 38.8 and 37.1 s with spinning
+threads (1.3x), so it is not the default; set it in the environment where that trade is right.
+Figures of both policies beside a busy process: benchmarks/README.md, "Shared CPU".
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -62,29 +61,6 @@ class ThreadChoice:
             return f"{self.threads} intra-op threads (run.threads={self.requested})"
         return (f"{self.threads} intra-op threads (run.threads=0: auto, {self.free:.1f} of {self.allowed} cores "
                 f"free by {self.source})")
-
-
-def prefer_passive_wait(environ: dict[str, str] | None = None) -> bool:
-    """Let OpenMP threads that wait at a barrier sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
-
-    A spinning thread burns the core that a descheduled sibling, or another process, needs; beside
-    a busy process that multiplies the step time (see the module docstring and
-    benchmarks/shared_cpu.py). OpenMP reads the variable once, when torch loads it, so this only
-    takes effect before torch is first imported: the ``mpma`` command calls it first thing. A value
-    the user set is kept.
-
-    Args:
-        environ: the environment to set (default ``os.environ``).
-
-    Returns:
-        Whether the policy will be PASSIVE: False when torch is already loaded (too late for this
-        process) or the user chose another policy.
-    """
-    environ = os.environ if environ is None else environ
-    if "torch" in sys.modules:
-        return False
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
 
 
 def allowed_cpus() -> list[int]:
@@ -149,7 +125,7 @@ def auto_threads(free: float, allowed: int, default: int) -> int:
 def thread_cap() -> int:
     """The most threads auto may pick: the current setting, unless it is the one this module set (then
     the setting found before it, so that a second run in the same process may use more threads again)."""
-    import torch  # here, not at the top: prefer_passive_wait must run before torch is first imported
+    import torch
 
     current = torch.get_num_threads()
     if _OURS.get("set") != current:  # never set here, or changed since by someone else: theirs is the cap
