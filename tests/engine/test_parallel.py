@@ -8,6 +8,7 @@ import torch
 
 from mpma.config import ConfigError
 from mpma.engine import parallel
+from mpma.models.factory import WeightsMismatchError, check_state_keys
 
 
 def test_every_encoder_fusion_and_decoder_block_is_a_unit(micro_config, build_task) -> None:
@@ -45,13 +46,14 @@ def test_state_dict_view_shows_the_gathered_weights(micro_config, build_task) ->
     assert not all(torch.equal(v, full[k]) for k, v in model.state_dict().items())  # the hook is gone
 
 
-def test_check_keys_names_what_does_not_match(micro_config, build_task) -> None:
+def test_sharded_key_check_names_what_does_not_match(micro_config, build_task) -> None:
     model = build_task(micro_config()).model
     weights = dict(model.state_dict())
     weights.pop("vision.cls_token")
     weights["extra"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"missing \['vision.cls_token'\].*unexpected \['extra'\]"):
-        parallel.check_keys(model, weights, "ckpt")
+    with pytest.raises(WeightsMismatchError, match=r"ckpt does not match the sharded model: 1 missing keys: "
+                                                  r"vision.cls_token; 1 unexpected keys: extra"):
+        check_state_keys(model, weights, "ckpt", described="the sharded model")
 
 
 def test_run_parallel_is_validated(micro_config) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mpma.engine.checkpoint import NonFiniteError, non_finite_tensors, optimizer_tensors
-from mpma.models.factory import WeightsMismatchError
+from mpma.models.factory import check_state_keys
 
 _OPTIONS = dict(full_state_dict=True, cpu_offload=True)
 _SCALARS = "_mpma_scalar_params"  # on a module: names of its 0-d parameters stored with shape (1,) for FSDP
@@ -156,18 +156,6 @@ def full_state(weights_module: nn.Module, task: nn.Module,
     }
 
 
-def check_keys(module: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ``WeightsMismatchError`` naming every missing, unexpected or mis-shaped key of ``weights``."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = sorted(f"{k} {list(weights[k].shape)} (expected {list(expected[k].shape)})"
-                    for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        raise WeightsMismatchError(f"{source} does not match the sharded model: missing {missing}, "
-                                   f"unexpected {unexpected}, other shapes {shapes}")
-
-
 def load_full_state(weights_module: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
                     weights: dict[str, torch.Tensor], optimizer_state: dict, source: str) -> None:
     """Load full weights and a full ``Optimizer.state_dict()``-layout state into sharded modules
@@ -180,7 +168,7 @@ def load_full_state(weights_module: nn.Module, task: nn.Module, optimizer: torch
                                                          set_optimizer_state_dict)
 
     weights = _reshape_scalars(weights, _scalar_names(weights_module), (1,))
-    check_keys(weights_module, weights, source)
+    check_state_keys(weights_module, weights, source, described="the sharded model")
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(weights_module, weights, options=options)
     names = param_names(task, optimizer)

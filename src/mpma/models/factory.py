@@ -47,8 +47,10 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsMismatchError(f"{path}: not a valid safetensors file ({error})") from None
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error naming it."""
+def check_state_keys(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                     described: str = "the model described next to it") -> None:
+    """Raise ``WeightsMismatchError`` naming every missing, unexpected or mis-shaped key of ``state``
+    against ``module.state_dict()``; ``described`` says which model in the message."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -62,7 +64,12 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
             parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected)}")
         if shapes:
             parts.append(f"{len(shapes)} keys with another shape: {', '.join(shapes)}")
-        raise WeightsMismatchError(f"{source} does not match the model described next to it: " + "; ".join(parts))
+        raise WeightsMismatchError(f"{source} does not match {described}: " + "; ".join(parts))
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error naming it."""
+    check_state_keys(module, state, source)
     module.load_state_dict(state, strict=True)
 
 
