@@ -8,7 +8,7 @@ import pytest
 
 from mpma.cli import main
 from tests.data.test_pairs_mixture import write_manifest
-from mpma.eval.grounding import flat_grounding, grounding_report, mlm_image_gap
+from mpma.eval.grounding import CONTENT_WORDS, flat_grounding, grounding_report, mlm_image_gap
 from mpma.hub import load_model
 
 RUN = "data: {batch_size: 8, train_size: 64}\noptim: {steps: 6}\nrun: {log_every: 2, checkpoint_every: 3, eval_size: 32, grounding_every: 3}\n"
@@ -48,6 +48,7 @@ def test_the_report_and_the_curves_show_grounding(grounded_run):
     assert main(["report", "--run", str(grounded_run), "--examples", "0"]) == 0
     text = next(grounded_run.rglob("report.md")).read_text()
     assert "Grounding at step 6" in text and "pointing game, GLA-local" in text
+    assert "MLM accuracy per masked content word" in text
     from mpma.viz.curves import panel_names, read_log
 
     assert "grounding.pointing_local" in panel_names([read_log(grounded_run / "log.jsonl")])
@@ -57,6 +58,11 @@ def test_the_mlm_gap_uses_the_image_of_each_pair(grounded_run):
     loaded = load_model(grounded_run)
     gap = mlm_image_gap(loaded.backbone, loaded.tokenizer, loaded.config, n=32, batch_size=16)
     assert gap["masked_words"] >= 16 and gap["gap"] == pytest.approx(gap["own"] - gap["shuffled"])
+    by_word = gap["by_word"]  # the per-word view adds up to the totals
+    assert sum(c["n"] for c in by_word.values()) == gap["masked_words"]
+    for name in ("own", "shuffled"):
+        assert sum(c[name] * c["n"] for c in by_word.values()) == pytest.approx(gap[name] * gap["masked_words"])
+    assert set(by_word) <= set(CONTENT_WORDS)
     report = grounding_report(loaded, pointing_cases=16, mlm_pairs=16)
     assert report["pointing_game"]["n"] > 0
 

@@ -44,7 +44,9 @@ def mlm_image_gap(model, tokenizer, config, n: int = 256, batch_size: int = 64, 
         seed: which word of each report is masked.
 
     Returns:
-        {"own": accuracy, "shuffled": accuracy, "gap": own - shuffled, "masked_words": count}.
+        {"own": accuracy, "shuffled": accuracy, "gap": own - shuffled, "masked_words": count,
+         "by_word": {word: {"n", "own", "shuffled"}}}: the same accuracies per masked word, which show
+        *what* the text stream reads from the image (e.g. the finding type but not its side).
     """
     if model.mlm_head is None:
         raise ValueError("the MLM image gap needs the MLM head (objectives.mlm > 0)")
@@ -60,6 +62,8 @@ def mlm_image_gap(model, tokenizer, config, n: int = 256, batch_size: int = 64, 
     device = next(model.parameters()).device
     hits = {"own": 0, "shuffled": 0}
     total = 0
+    words = {int(i): tokenizer.convert_ids_to_tokens(int(i)) for i in content_ids}
+    by_word = {word: {"n": 0, "own": 0, "shuffled": 0} for word in words.values()}
     for start in range(0, n, batch_size):
         batch = collate([held_out[i] for i in range(start, min(n, start + batch_size))])
         positions = _mask_one_content_word(batch["input_ids"], content_ids, generator)
@@ -68,11 +72,18 @@ def mlm_image_gap(model, tokenizer, config, n: int = 256, batch_size: int = 64, 
         images = batch["images"].to(device)
         for name, view in (("own", images), ("shuffled", images.roll(1, 0))):
             out = model(view, masked, batch["attention_mask"].to(device), mask_ratio=0.0, mlm_positions=positions.to(device))
-            hits[name] += int((out.mlm_logits.argmax(-1) == targets).sum())
+            correct = out.mlm_logits.argmax(-1) == targets
+            hits[name] += int(correct.sum())
+            for word_id, right in zip(targets.tolist(), correct.tolist()):
+                by_word[words[word_id]][name] += int(right)
+        for word_id in targets.tolist():
+            by_word[words[word_id]]["n"] += 1
         total += int(positions.sum())
     model.train(was_training)
     own, shuffled = hits["own"] / max(total, 1), hits["shuffled"] / max(total, 1)
-    return {"own": own, "shuffled": shuffled, "gap": own - shuffled, "masked_words": total}
+    by_word = {word: {"n": c["n"], "own": c["own"] / c["n"], "shuffled": c["shuffled"] / c["n"]}
+               for word, c in sorted(by_word.items(), key=lambda item: -item[1]["n"]) if c["n"]}
+    return {"own": own, "shuffled": shuffled, "gap": own - shuffled, "masked_words": total, "by_word": by_word}
 
 
 def grounding_report(loaded, pointing_cases: int = 128, mlm_pairs: int = 256) -> dict:

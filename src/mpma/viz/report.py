@@ -230,6 +230,13 @@ def _grounding(report: Report, grounding: dict | None) -> None:
                   ["pointing game, fusion attention", pointing.get("fusion_attention"), f"chance {pointing.get('chance')}"],
                   ["masked content words, own image", gap.get("own"), "-"],
                   ["masked content words, shuffled image", gap.get("shuffled"), f"gap {gap.get('gap')}"]])
+    by_word = gap.get("by_word")
+    if by_word:
+        report.p("MLM accuracy per masked content word: a word whose accuracy does not change with the image "
+                 "is solved from the text alone.")
+        report.table(["masked word", "n", "own image", "shuffled image", "gap"],
+                     [[word, c["n"], round(c["own"], 3), round(c["shuffled"], 3), round(c["own"] - c["shuffled"], 3)]
+                      for word, c in by_word.items()])
 
 
 def _pretrain_examples(report: Report, examples: PretrainExamples) -> None:
