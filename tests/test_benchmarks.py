@@ -35,6 +35,49 @@ def test_real_vqa_summarises_seeds_and_refuses_a_missing_shared_folder(tmp_path,
     assert "medpix" in capsys.readouterr().err
 
 
+def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path, monkeypatch):
+    """The one-command table: one pre-training per pre-trained row (4,000 steps for mpma / m3ae_style,
+    --minilm-pretrain-steps for mpma_minilm), --seeds fine-tunes per row, question_only on blank images,
+    and the JSON shape of issue 11. The mpma command line is stubbed: only the plan is tested."""
+    import json
+
+    real_vqa = _script("real_vqa")
+    calls = []
+
+    def fake_mpma(*args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "pretrain":
+            (out / "summary.json").write_text("{}")
+        else:
+            test = {"overall": 0.5, "open": 0.3, "closed": 0.6}
+            (out / "metrics.json").write_text(json.dumps({"test": test, "test_shuffled_images": {"overall": 0.4},
+                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3}))
+
+    monkeypatch.setattr(real_vqa, "mpma", fake_mpma)
+    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
+    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
+                                                                         "covid_cxr": tmp_path / "c.jsonl"})
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        (tmp_path / "shared" / sub).mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
+                                     "--seeds", "2"])
+    real_vqa.main()
+    steps = {Path(c[c.index("--out") + 1]).name: next(a for a in c if a.startswith("optim.steps="))
+             for c in calls if c[0] == "pretrain"}
+    assert steps == {"pretrain-mpma": "optim.steps=4000", "pretrain-m3ae_style": "optim.steps=4000",
+                     "pretrain-mpma_minilm": "optim.steps=1000"}
+    finetunes = [c for c in calls if c[0] == "finetune"]
+    assert len(finetunes) == 5 * 2
+    assert sum("data.blank_images=true" in c for c in finetunes) == 2  # question_only only
+    report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
+    assert set(report["vqa_rad"]) == set(real_vqa.ROWS)
+    row = report["vqa_rad"]["mpma"]
+    assert row["overall"]["mean"] == 50.0 and row["shuffled_overall"]["mean"] == 40.0 and row["shuffled_drop"] == 10.0
+    assert report["pretrain_steps"] == 4000 and report["minilm_pretrain_steps"] == 1000 and report["wall_time_s"] >= 0
+
+
 def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text):
     preset = tmp_path / "micro.yaml"
     preset.write_text(micro_preset_text)
