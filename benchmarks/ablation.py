@@ -93,6 +93,18 @@ def seed_figures(row: str, seed: int, out: Path) -> dict[str, float]:
     return {name: 100 * value for name, value in figures.items()}
 
 
+def seed_seconds(row: str, seed: int, out: Path) -> float:
+    """Seconds one (row, seed) took: its pre-training's train_seconds plus every fine-tune's seconds."""
+    folder = out / row / f"seed{seed}"
+    total = 0.0
+    summary = folder / "pretrain" / "summary.json"
+    if summary.exists():
+        total += json.loads(summary.read_text()).get("train_seconds", 0.0)
+    for metrics in folder.glob("*/metrics.json"):
+        total += json.loads(metrics.read_text()).get("seconds", 0.0)
+    return round(total, 1)
+
+
 def _missing_heads(row: str) -> set[str]:
     """"zs" when the row's pre-training has no GLA-global head (no zero-shot retrieval)."""
     spec = ROWS[row]
@@ -108,7 +120,8 @@ def table(rows: dict[str, dict]) -> str:
              "pointing_local", "mlm_gap")
     lines = ["| row | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for name, entry in rows.items():
-        cells = [f"{entry[c]['mean']:.1f} ± {entry[c]['sd']:.1f}" if c in entry else "n/a" for c in shown]
+        cells = [("n/a" if c not in entry else f"{entry[c]['mean']:.1f}" if len(entry[c]["values"]) == 1
+                  else f"{entry[c]['mean']:.1f} ± {entry[c]['sd']:.1f}") for c in shown]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows[row] = summarise([seed_figures(row, seed, args.out) for seed in range(args.seeds)])
         print(json.dumps({row: rows[row]}), flush=True)
     wall = round(time.perf_counter() - started, 1)
+    seconds = {row: [seed_seconds(row, seed, args.out) for seed in range(args.seeds)] for row in args.rows}
     report = {"rows": rows, "seeds": args.seeds, "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
+              "run_seconds": seconds, "run_seconds_total": round(sum(map(sum, seconds.values())), 1),
               "host": {"cpu_features": cpu_features()}, "units": "percent; mean and sd over the seeds",
               "command": "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = json.dumps(report, indent=2) + "\n"

@@ -213,7 +213,9 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
         run_dir.mkdir(parents=True, exist_ok=True)
         grounding = {"pointing_game": {"hit_rate": 0.3 + 0.1 * seed, "chance": 0.1, "fusion_attention": 0.12},
                      "mlm_image_gap": {"gap": 0.05}}
-        (run_dir / "summary.json").write_text(json.dumps({"grounding": grounding}))
+        (run_dir / "summary.json").write_text(json.dumps({"grounding": grounding, "train_seconds": 100.0}))
+        (run_dir.parent / "vqa-pretrain").mkdir(exist_ok=True)  # a finished fine-tune's metrics count too
+        (run_dir.parent / "vqa-pretrain" / "metrics.json").write_text(json.dumps({"seconds": 20.0}))
         pretrained.append((row, seed))
         return run_dir
 
@@ -239,3 +241,7 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
     assert "pointing_local" not in report["rows"]["scratch"] and "zs_i2t_r1" not in report["rows"]["m3ae_style"]
     assert json.loads((tmp_path / "copy.json").read_text())["rows"] == report["rows"]
     assert "| mpma | 60.0 ± 0.0 |" in capsys.readouterr().out
+    assert report["run_seconds"]["mpma"] == [120.0, 120.0] and report["run_seconds"]["scratch"] == [0.0, 0.0]
+    assert report["run_seconds_total"] == 6 * 2 * 120.0
+    one_seed = {"vqa_overall": {"mean": 57.7, "sd": 0.0, "values": [57.7]}}
+    assert "| mpma | 57.7 | n/a |" in ablation.table({"mpma": one_seed})  # one seed: no "± 0.0"
