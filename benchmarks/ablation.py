@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py --out runs/ablation                  # 7 rows x 3 seeds, ~2-3 h on 2 cores
     python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
+    python benchmarks/ablation.py --out runs/ablation --collect       # the table of whatever has finished
 
 Every row is a preset plus overrides (never a code fork), pre-trained with the default ``mpma pretrain``
 budget on the same synthrad data, one pre-training per seed (``run.seed``); each pre-trained model is then
@@ -64,15 +65,32 @@ def pretrain(row: str, seed: int, out: Path) -> Path | None:
     return run_dir
 
 
+def row_tasks(row: str) -> list[str]:
+    """The fine-tuning tasks of ``row`` (zero-shot retrieval needs a pre-trained GLA-global head)."""
+    return [task for task in TASKS
+            if task != "retrieval_zero_shot" or (ROWS[row] is not None and "zs" not in _missing_heads(row))]
+
+
+def finished_seeds(row: str, out: Path) -> list[int]:
+    """Seeds of ``row`` whose pre-training and every fine-tune have finished under ``out``."""
+    seeds = []
+    for folder in sorted(out.glob(f"{row}/seed*"), key=lambda f: int(f.name[4:]) if f.name[4:].isdigit() else -1):
+        if not folder.name[4:].isdigit():
+            continue
+        init = "scratch" if ROWS[row] is None else "pretrain"
+        done = ROWS[row] is None or (folder / "pretrain" / "summary.json").exists()
+        if done and all((folder / f"{task}-{init}" / "metrics.json").exists() for task in row_tasks(row)):
+            seeds.append(int(folder.name[4:]))
+    return seeds
+
+
 def seed_figures(row: str, seed: int, out: Path) -> dict[str, float]:
     """Every column of one (row, seed), in percent; a column the row cannot have is left out."""
     run_dir = pretrain(row, seed, out)
     init = str(run_dir) if run_dir else "scratch"
     folder = out / row / f"seed{seed}"
     figures: dict[str, float] = {}
-    for task in TASKS:
-        if task == "retrieval_zero_shot" and (run_dir is None or "zs" in _missing_heads(row)):
-            continue  # zero-shot needs the GLA-global head
+    for task in row_tasks(row):
         test = finetune(folder, task, init, extra=[f"run.seed={seed}"])["test"]
         if task == "vqa":
             figures.update(vqa_overall=test["overall"], vqa_open=test["open"], vqa_closed=test["closed"])
@@ -132,15 +150,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--results", type=Path, help="also write the JSON here (e.g. docs/results/ablation.json)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: summarise the seeds that have finished under --out (any number per row)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    seeds = {row: finished_seeds(row, args.out) if args.collect else list(range(args.seeds)) for row in args.rows}
+    if args.collect:
+        empty = [row for row in args.rows if not seeds[row]]
+        if empty:
+            parser.error(f"--collect: no finished seed under {args.out} for {', '.join(empty)}")
     rows = {}
     for row in args.rows:
-        rows[row] = summarise([seed_figures(row, seed, args.out) for seed in range(args.seeds)])
+        rows[row] = summarise([seed_figures(row, seed, args.out) for seed in seeds[row]])
         print(json.dumps({row: rows[row]}), flush=True)
     wall = round(time.perf_counter() - started, 1)
-    seconds = {row: [seed_seconds(row, seed, args.out) for seed in range(args.seeds)] for row in args.rows}
-    report = {"rows": rows, "seeds": args.seeds, "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
+    seconds = {row: [seed_seconds(row, seed, args.out) for seed in seeds[row]] for row in args.rows}
+    report = {"rows": rows, "seeds": {row: seeds[row] for row in args.rows}, "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
               "run_seconds": seconds, "run_seconds_total": round(sum(map(sum, seconds.values())), 1),
               "host": {"cpu_features": cpu_features()}, "units": "percent; mean and sd over the seeds",
               "command": "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])}

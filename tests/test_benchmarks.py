@@ -124,6 +124,43 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
     assert report["vqa_rad"]["scratch"]["overall"]["mean"] == 50.0 and report["vqa_rad"]["scratch"]["shuffled_drop"] == 5.0
 
 
+def test_ablation_collect_summarises_only_finished_seeds_and_trains_nothing(tmp_path) -> None:
+    """--collect: a seed counts when its pre-training and every fine-tune of its row have finished; an
+    unfinished seed is left out (not trained), and a row with none is an error."""
+    import json
+
+    import pytest
+
+    ablation = _script("ablation")
+    results = {"vqa": {"overall": 0.6, "open": 0.4, "closed": 0.8},
+               "retrieval_zero_shot": {"i2t": {"R@1": 0.2, "chance@1": 0.01}, "t2i": {"R@1": 0.3}},
+               "mm_cls": {"accuracy": 0.7}, "img_cls_probe_10pct": {"macro_auc": 0.9}}
+
+    def finished(row: str, seed: int, tasks, vqa_overall: float = 0.6) -> None:
+        folder = tmp_path / row / f"seed{seed}"
+        init = "scratch" if ablation.ROWS[row] is None else "pretrain"
+        if init == "pretrain":
+            (folder / "pretrain").mkdir(parents=True)
+            (folder / "pretrain" / "summary.json").write_text(json.dumps({"train_seconds": 50.0}))
+        for task in tasks:
+            (folder / f"{task}-{init}").mkdir(parents=True)
+            test = dict(results[task], overall=vqa_overall) if task == "vqa" else results[task]
+            (folder / f"{task}-{init}" / "metrics.json").write_text(json.dumps({"test": test, "seconds": 10.0}))
+
+    finished("mpma", 0, ablation.row_tasks("mpma"), 0.5)
+    finished("mpma", 1, ["vqa"])  # unfinished: no mm_cls, probe or zero-shot yet
+    finished("mpma", 2, ablation.row_tasks("mpma"), 0.7)
+    finished("scratch", 0, ablation.row_tasks("scratch"))
+    assert "retrieval_zero_shot" not in ablation.row_tasks("scratch") + ablation.row_tasks("m3ae_style")
+    report = ablation.main(["--out", str(tmp_path), "--collect", "--rows", "mpma", "scratch"])
+    assert report["seeds"] == {"mpma": [0, 2], "scratch": [0]}
+    assert report["rows"]["mpma"]["vqa_overall"]["values"] == [50.0, 70.0]
+    assert report["run_seconds"]["mpma"] == [90.0, 90.0] and report["run_seconds"]["scratch"] == [30.0]
+    assert not (tmp_path / "mpma" / "seed1" / "mm_cls-pretrain").exists()  # nothing was trained
+    with pytest.raises(SystemExit):
+        ablation.main(["--out", str(tmp_path), "--collect", "--rows", "mpma_no_itm"])
+
+
 def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_overrides, tmp_path,
                                                                         monkeypatch) -> None:
     """The GPU benchmark's CPU smoke mode times the Trainer step of a micro model; asked for CUDA on a
