@@ -76,3 +76,23 @@ def test_without_synthrad_truth_no_diagnostics_are_taken(tmp_path, micro_preset_
     assert main(["pretrain", "--config", str(preset), "--out", str(run), "--no-progress", f"data.dataset={manifest}"]) == 0
     assert "grounding" not in (run / "log.jsonl").read_text()
     assert "grounding" not in json.loads((run / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("grounding_every, checkpoint_every, warned", [(200, 200, False), (400, 200, False),
+                                                                     (200, 700, True), (3, 2, True)])
+def test_grounding_taken_less_often_than_asked_is_a_warning(micro_config, grounding_every, checkpoint_every, warned):
+    """The diagnostics run at checkpoints: a grounding_every that is not a multiple of checkpoint_every
+    would silently thin them out (e.g. 200 and 700: only every 1,400 steps), so it warns with the fix."""
+    import warnings
+
+    from mpma.pipelines.pretraining import warn_sparse_grounding
+
+    config = micro_config(f"run.grounding_every={grounding_every}", f"run.checkpoint_every={checkpoint_every}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_sparse_grounding(config)
+    assert bool(caught) == warned
+    if warned:
+        import math
+
+        assert f"every {math.lcm(grounding_every, checkpoint_every)} steps" in str(caught[0].message)

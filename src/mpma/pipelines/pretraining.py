@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -276,6 +278,7 @@ def _pretrain(config: Config, run_dir: Path, env, resume: bool, progress: bool, 
     measure_grounding = config.run.grounding_every > 0 and hasattr(data.held_out, "cases")  # synthrad truth
     if env.is_main and measure_grounding and not sharded:
         grounding = GroundingDiagnostics(task.model, tokenizer, config, run_dir)
+        warn_sparse_grounding(config)
     trainer = _make_trainer(task, tokenizer, config, run_dir, env, grounding)
     latest = None
     if resume:
@@ -320,6 +323,19 @@ def pretrain_parameter_groups(task: PretrainTask, config: Config) -> list[dict]:
     model = task.model
     return parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
                             {f"model.{n}" for n in model.no_weight_decay()})
+
+
+def warn_sparse_grounding(config: Config) -> None:
+    """Warn when ``run.grounding_every`` is not a multiple of ``run.checkpoint_every``: the diagnostics
+    run at checkpoints, so they would be taken less often than asked (only at the common multiples)."""
+    every, checkpoint_every = config.run.grounding_every, config.run.checkpoint_every
+    if every % checkpoint_every == 0:
+        return
+    actual = math.lcm(every, checkpoint_every)
+    warnings.warn(f"run.grounding_every={every} is measured at checkpoints, and run.checkpoint_every={checkpoint_every}: "
+                  f"the grounding diagnostics will be taken every {actual} steps (and at the end), not every {every}. "
+                  f"Set run.checkpoint_every to a divisor of {every}, or run.grounding_every to a multiple of "
+                  f"{checkpoint_every}.", stacklevel=2)
 
 
 def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, env,
