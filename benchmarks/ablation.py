@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({row: rows[row]}), flush=True)
     wall = round(time.perf_counter() - started, 1)
     seconds = {row: [seed_seconds(row, seed, args.out) for seed in seeds[row]] for row in args.rows}
-    report = {"rows": rows, "seeds": {row: seeds[row] for row in args.rows}, "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
+    report = {"rows": rows, "seeds": {row: seeds[row] for row in args.rows},
+              "overrides": {r: ROWS[r] for r in args.rows}, "wall_time_s": wall,
               "run_seconds": seconds, "run_seconds_total": round(sum(map(sum, seconds.values())), 1),
               "host": {"cpu_features": cpu_features()}, "units": "percent; mean and sd over the seeds",
               "command": "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -15,6 +15,27 @@ def _script(name: str):
     return module
 
 
+def _recording_mpma(calls: list, shuffled_overall: float):
+    """A stand-in for the benchmarks' ``mpma(*args, log=...)``: records each command line in ``calls`` and
+    writes what the real command leaves behind (a pre-training summary.json, a fine-tune's metrics.json
+    with test 50 / 30 / 60 % and ``shuffled_overall`` with shuffled images)."""
+    import json
+
+    def fake_mpma(*args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "pretrain":
+            (out / "summary.json").write_text("{}")
+        else:
+            test = {"overall": 0.5, "open": 0.3, "closed": 0.6}
+            (out / "metrics.json").write_text(json.dumps({"test": test,
+                                                          "test_shuffled_images": {"overall": shuffled_overall},
+                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3}))
+
+    return fake_mpma
+
+
 def test_mlm_image_dependence_masks_one_content_word_per_report(micro_run):
     result = _script("mlm_image_dependence").masked_word_accuracy(str(micro_run), n=24, batch_size=8)
     assert 20 <= result["masked words"] <= 24  # normal reports still name "no ..." words
@@ -43,18 +64,7 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
 
     real_vqa = _script("real_vqa")
     calls = []
-
-    def fake_mpma(*args, log):
-        calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        if args[0] == "pretrain":
-            (out / "summary.json").write_text("{}")
-        else:
-            test = {"overall": 0.5, "open": 0.3, "closed": 0.6}
-            (out / "metrics.json").write_text(json.dumps({"test": test, "test_shuffled_images": {"overall": 0.4},
-                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3}))
-
+    fake_mpma = _recording_mpma(calls, shuffled_overall=0.4)
     monkeypatch.setattr(real_vqa, "mpma", fake_mpma)
     monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
     monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
@@ -96,18 +106,7 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
 
     budget = _script("real_vqa_budget")  # it puts benchmarks/ on sys.path to share real_vqa's helpers
     calls = []
-
-    def fake_mpma(*args, log):
-        calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        if args[0] == "pretrain":
-            (out / "summary.json").write_text("{}")
-        else:
-            test = {"overall": 0.5, "open": 0.3, "closed": 0.6}
-            (out / "metrics.json").write_text(json.dumps({"test": test, "test_shuffled_images": {"overall": 0.45},
-                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3}))
-
+    fake_mpma = _recording_mpma(calls, shuffled_overall=0.45)
     monkeypatch.setattr(budget, "mpma", fake_mpma)
     monkeypatch.setattr(budget, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
                                                                        "covid_cxr": tmp_path / "c.jsonl"})
