@@ -1,6 +1,6 @@
 """The miniature reproduction on synthrad: does each part of MPMA matter? (issue 12's table)
 
-    python benchmarks/ablation.py --out runs/ablation                  # 7 rows x 3 seeds, ~2-3 h on 2 cores
+    python benchmarks/ablation.py --out runs/ablation                  # 7 rows x 3 seeds, ~3.8 h of one 1-thread stream
     python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
     python benchmarks/ablation.py --out runs/ablation --collect       # the table of whatever has finished
 
