@@ -73,15 +73,14 @@ def row_tasks(row: str) -> list[str]:
 
 def finished_seeds(row: str, out: Path) -> list[int]:
     """Seeds of ``row`` whose pre-training and every fine-tune have finished under ``out``."""
-    seeds = []
-    for folder in sorted(out.glob(f"{row}/seed*"), key=lambda f: int(f.name[4:]) if f.name[4:].isdigit() else -1):
-        if not folder.name[4:].isdigit():
-            continue
-        init = "scratch" if ROWS[row] is None else "pretrain"
-        done = ROWS[row] is None or (folder / "pretrain" / "summary.json").exists()
-        if done and all((folder / f"{task}-{init}" / "metrics.json").exists() for task in row_tasks(row)):
-            seeds.append(int(folder.name[4:]))
-    return seeds
+    init = "scratch" if ROWS[row] is None else "pretrain"  # the fine-tunes' folder suffix (downstream.finetune)
+
+    def finished(folder: Path) -> bool:
+        pretrained = init == "scratch" or (folder / "pretrain" / "summary.json").exists()
+        return pretrained and all((folder / f"{task}-{init}" / "metrics.json").exists() for task in row_tasks(row))
+
+    candidates = sorted(int(f.name[4:]) for f in out.glob(f"{row}/seed*") if f.name[4:].isdigit())
+    return [seed for seed in candidates if finished(out / row / f"seed{seed}")]
 
 
 def seed_figures(row: str, seed: int, out: Path) -> dict[str, float]:
