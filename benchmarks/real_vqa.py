@@ -10,9 +10,11 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    MPMA (``tiny_real``) and M3AE-style (``tiny_real_m3ae``: no alignment, no memory) for the same 4,000
    steps, and MPMA with the real all-MiniLM-L6-v2 text encoder (1,000 steps: ``--minilm-pretrain-steps``)
    when ``.[real-weights]`` is installed.
-3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real``, ``--seeds`` seeds per row:
-   ``question_only`` (blank images), ``scratch``, ``mpma``, ``m3ae_style``, ``mpma_minilm``. Every test
-   score is also taken with the test images shuffled among the questions (``shuffled_overall``).
+3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs, the last one tested),
+   ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``, ``m3ae_style``,
+   ``mpma_minilm``; with ``--rows`` also ``mpma_no_local`` and ``mpma_no_memory`` (MPMA without GLA-local /
+   without the memory, same data and steps). Every test score is also taken with the test images
+   shuffled among the questions (``shuffled_overall``).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
 ``--results``, the same JSON to ``docs/results/real_vqa.json``; prints a markdown table and the wall time.
@@ -31,10 +33,15 @@ import time
 from pathlib import Path
 
 ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm")
+# MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
+# section 6); run only when named in --rows
+ABLATION_ROWS = ("mpma_no_local", "mpma_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
-                "mpma_minilm": "mpma_minilm"}
-PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real"}
+                "mpma_minilm": "mpma_minilm", "mpma_no_local": "mpma_no_local", "mpma_no_memory": "mpma_no_memory"}
+PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
+                   "mpma_no_local": "tiny_real", "mpma_no_memory": "tiny_real"}
+PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_memory": ["fusion.memory_slots=0"]}
 # Published anchors and no-learning floors on the same split (shared/data/README.md).
 ANCHORS = {
     "m3ae_published": {"overall": 77.0, "open": 67.2, "closed": 83.5,
@@ -84,7 +91,7 @@ def pretrain(name: str, manifests: dict[str, Path], shared: Path, out: Path, ste
     if (run_dir / "summary.json").exists():
         return run_dir
     overrides = [f"data.sources=[{manifests['medpix']}@3,{manifests['covid_cxr']}@1]", f"optim.steps={steps}",
-                 f"run.checkpoint_every={steps}", *extra]
+                 f"run.checkpoint_every={steps}", *PRETRAIN_OVERRIDES.get(name, []), *extra]
     if name == "mpma_minilm":
         path = minilm_path()
         overrides += [f"text.init={path}", f"text.tokenizer={path}"]
@@ -145,7 +152,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"), help="folder with medpix/, covid_cxr/, roco/, vqa_rad/")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per row")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated rows of {','.join(ROWS + ABLATION_ROWS)} (default: {','.join(ROWS)})")
     parser.add_argument("--pretrain-steps", type=int, default=4000,
                         help="pre-training steps of the mpma and m3ae_style rows (4,000 x 32 pairs: ~60 passes over the corpus)")
     parser.add_argument("--minilm-pretrain-steps", type=int, default=1000,
@@ -156,9 +164,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="also write the JSON here (e.g. docs/results/real_vqa.json)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = sorted(set(rows) - set(ROWS))
+    unknown = sorted(set(rows) - set(ROWS + ABLATION_ROWS))
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS + ABLATION_ROWS)}")
     for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
         if not (args.shared / sub).is_dir():
             parser.error(f"{args.shared / sub} is missing: --shared must hold medpix/, covid_cxr/, roco/ and vqa_rad/")
@@ -191,7 +199,8 @@ def main() -> None:
         if fits:
             entry["train_fit_overall"] = mean_sd(fits)
         entry["init"] = str(init) if init else "scratch"
-        entry["best_epochs"] = [r["best_epoch"] for r in runs]
+        entry["best_epochs"] = [r["best_epoch"] for r in runs]  # the tested epoch of each seed
+        entry["keep"] = sorted({r.get("keep", "best_val") for r in runs})  # how it was chosen (finetune keep=)
         entry["unk_rate"] = [r.get("tokenizer_coverage", {}).get("rate") for r in runs]
         results[row] = entry
         print(json.dumps({row: entry}), flush=True)

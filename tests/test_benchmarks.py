@@ -88,6 +88,27 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     assert report["pretrain_steps"] == 4000 and report["minilm_pretrain_steps"] == 1000 and report["wall_time_s"] >= 0
 
 
+def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp_path, monkeypatch):
+    real_vqa = _script("real_vqa")
+    calls = []
+    monkeypatch.setattr(real_vqa, "mpma", _recording_mpma(calls, shuffled_overall=0.4))
+    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
+                                                                         "covid_cxr": tmp_path / "c.jsonl"})
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        (tmp_path / "shared" / sub).mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
+                                     "--seeds", "1", "--rows", "mpma,mpma_no_local,mpma_no_memory"])
+    real_vqa.main()
+    pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
+    assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_memory"}
+    assert "objectives.local_align=0" in pretrains["pretrain-mpma_no_local"]
+    assert "fusion.memory_slots=0" in pretrains["pretrain-mpma_no_memory"]
+    assert not any(a.startswith(("objectives.local_align", "fusion.memory_slots")) for a in pretrains["pretrain-mpma"])
+    for call in pretrains.values():  # same data, steps and preset as the mpma row
+        assert "optim.steps=4000" in call and call[call.index("--config") + 1] == "tiny_real"
+    assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
+
+
 def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text):
     preset = tmp_path / "micro.yaml"
     preset.write_text(micro_preset_text)
@@ -281,3 +302,17 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
     assert report["run_seconds_total"] == 6 * 2 * 120.0
     one_seed = {"vqa_overall": {"mean": 57.7, "sd": 0.0, "values": [57.7]}}
     assert "| mpma | 57.7 | n/a |" in ablation.table({"mpma": one_seed})  # one seed: no "± 0.0"
+
+
+def test_activation_checkpointing_times_both_settings_on_one_model_and_probes_memory(tmp_path, micro_overrides):
+    import json
+
+    out = tmp_path / "ac.json"
+    _script("activation_checkpointing").main(["--preset", "tiny", "--batch", "4", "--overrides", *micro_overrides,
+                                              "--repeats", "2", "--threads", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    off, on = report["rows"]["off"], report["rows"]["on"]
+    assert len(off["times"]) == len(on["times"]) == 2 and report["time_ratio_on_over_off"] > 0
+    assert off["state_memory"] == on["state_memory"] > 0  # same parameters: only the activations may differ
+    for row in (off, on):
+        assert row["peak_memory"] == row["baseline_memory"] + row["state_memory"] + row["activation_memory"]

@@ -136,16 +136,20 @@ def test_vqa_answer_vocabulary_conventions():
 # ----------------------------------------------------------------------------- retrieval cost
 
 
-@pytest.mark.parametrize("lr", ["0.0", "3e-3"])
-def test_retrieval_from_a_pretrained_run_scores_the_zero_shot_weights_as_epoch_0(tmp_path, pretrained_run, lr):
+@pytest.mark.parametrize("lr, keep", [("0.0", "best_val"), ("3e-3", "best_val"), ("0.0", "last")])
+def test_retrieval_from_a_pretrained_run_scores_the_zero_shot_weights_as_epoch_0(tmp_path, pretrained_run, lr, keep):
     out = tmp_path / "retrieval"
     assert main(["finetune", "retrieval", "--init", str(pretrained_run), "--out", str(out), "--no-progress",
-                 *SMALL_DATA, "epochs=2", f"optim.lr={lr}"]) == 0
+                 *SMALL_DATA, "epochs=2", f"optim.lr={lr}", f"keep={keep}"]) == 0
     val_lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line]
     assert [line["epoch"] for line in val_lines] == [0, 1, 2]
-    best_epoch = json.loads((out / "metrics.json").read_text())["best_epoch"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    best_epoch = metrics["best_epoch"]
     means = [(v["val"]["i2t"]["R@1"] + v["val"]["t2i"]["R@1"]) / 2 for v in val_lines]
-    if lr == "0.0":  # weights never move: every epoch ties with the zero-shot weights, which are kept
+    assert metrics["keep"] == keep
+    if keep == "last":  # the final epoch, even though epoch 0 ties with it on validation
+        assert best_epoch == 2 and metrics["val_selection"] == means[2]
+    elif lr == "0.0":  # weights never move: every epoch ties with the zero-shot weights, which are kept
         assert best_epoch == 0 and len(set(means)) == 1
     else:  # the kept epoch is the first with the best validation score
         assert best_epoch == means.index(max(means))
@@ -230,6 +234,35 @@ def test_question_only_run_skips_the_shuffled_score_and_an_image_run_records_it(
     with_images = json.loads((image_run / "metrics.json").read_text())
     assert set(with_images["test_shuffled_images"]) >= {"overall", "open", "closed"}
     assert "test_shuffled_images" not in json.loads((blank_run / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("keep", ["best_val", "last"])
+def test_kept_epoch_weights_are_what_best_holds_and_what_is_tested(tmp_path, micro_preset, keep):
+    """keep=last: best/ holds the final epoch's weights (the last checkpoint's, tensor for tensor) and the
+    test score is theirs; keep=best_val: the epoch with the best validation score."""
+    from safetensors.torch import load_file
+
+    from mpma.pipelines.finetuning import evaluate_run
+
+    out = tmp_path / "run"
+    assert main(["finetune", "vqa", "--out", str(out), "--no-progress", f"preset={micro_preset}", *SMALL_DATA,
+                 "epochs=3", "optim.lr=3e-3", f"keep={keep}", "head.shuffled_eval=false", "head.train_fit=false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    val = [json.loads(line)["val"]["overall"] for line in (out / "log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert len(val) == 3
+    expected_epoch = 3 if keep == "last" else val.index(max(val)) + 1
+    assert metrics["best_epoch"] == expected_epoch and metrics["keep"] == keep
+    kept = load_file(str(out / "best" / "model.safetensors"))
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    final = load_file(str(checkpoints[-1] / "model.safetensors"))
+    same_as_final = all(torch.equal(kept[name], final[name]) for name in final)
+    assert same_as_final or keep == "best_val"
+    assert evaluate_run(out, "test")["overall"] == metrics["test"]["overall"]
+
+
+def test_keep_names_a_known_rule(tmp_path, capsys):
+    assert main(["finetune", "vqa", "--out", str(tmp_path / "run"), "--no-progress", *SMALL_DATA, "keep=best"]) == 2
+    assert "keep: expected one of best_val, last" in capsys.readouterr().err
 
 
 def test_finetune_augmentation_is_seeded_per_epoch_and_never_touches_evaluation(tmp_path):

@@ -13,6 +13,7 @@ VQA_LOSSES = ("bce", "ce")
 ANSWER_VOCABS = ("train", "all_splits")
 POOLS = ("cls", "mean")  # mpma.tasks.classification.POOLINGS
 IMAGE_MODES = ("finetune", "linear_probe")
+KEEP_EPOCHS = ("best_val", "last")  # which epoch's weights become best/ and are tested
 
 
 @dataclass
@@ -87,6 +88,10 @@ class FinetuneConfig:
     init: str = "scratch"
     preset: str = "tiny"
     epochs: int = 10
+    # which epoch's weights are kept in best/ and tested: "best_val" (the first epoch with the best
+    # validation metric) or "last" (the final epoch; validation is still scored and logged). "last"
+    # when the validation split is a poor guide to test (VQA-RAD's held-out images: docs/RESULTS.md section 3)
+    keep: str = "best_val"
     warmup_fraction: float = 0.1
     head: HeadConfig = field(default_factory=HeadConfig)
     data: TaskDataConfig = field(default_factory=TaskDataConfig)
@@ -99,6 +104,7 @@ class FinetuneConfig:
         checks.not_empty("init", self.init, "scratch or a pre-training run / model folder")
         checks.not_empty("preset", self.preset)
         checks.at_least("epochs", self.epochs, 0, "0 = evaluate without training")
+        checks.choice("keep", self.keep, KEEP_EPOCHS)
         checks.in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0, note="the share of the steps warmed up")
 
     def to_dict(self) -> dict:

@@ -7,9 +7,10 @@ Run folder::
     task.json       task name, answer vocabulary / label names, vocabulary convention, data notes
     log.jsonl       training steps and one line per epoch with the validation metrics
     curves.png      the log drawn after each epoch (``mpma visualize curves``)
-    best/           a model folder (mpma.hub) of the epoch with the best validation metric
+    best/           a model folder (mpma.hub) of the kept epoch: the best validation metric
+                    (``keep=best_val``, the default) or the final epoch (``keep=last``)
     checkpoints/    step_<N>/: a model folder + the trainer's state.pt, once per epoch
-    metrics.json, metrics.md  test metrics of the best epoch (evaluated once, at the end); bad_records
+    metrics.json, metrics.md  test metrics of the kept epoch (evaluated once, at the end); bad_records
     rejects.jsonl   one line per image that cannot be read (its examples are left out of every split)
     .lock           while a process writes into the folder (mpma.engine.run_folder.RunLock)
 
@@ -184,7 +185,8 @@ def fix_schedule(config: FinetuneConfig, epochs: int, steps_per_epoch: int) -> N
 
 
 def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dict:
-    """Train ``config.epochs`` epochs, keeping the best validation epoch in ``best/``; returns {value, epoch}."""
+    """Train ``config.epochs`` epochs, keeping one epoch's weights in ``best/`` (``config.keep``: the best
+    validation epoch or the last); returns {value, epoch} of the kept epoch (value: its validation metric)."""
     config, module, epochs = run.config, run.module, run.config.epochs
     steps_per_epoch = sampler.batches_per_epoch
     best = {"value": -math.inf, "epoch": 0}
@@ -197,7 +199,8 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
         with (run_dir / "log.jsonl").open("a") as handle:
             handle.write(json.dumps({"step": step, "epoch": epoch, "val": metrics}, default=float) + "\n")
         log_validation(tracker, step, epoch, metrics, config.optim.steps)
-        if value > best["value"]:
+        kept = value > best["value"] if config.keep == "best_val" else epoch == epochs
+        if kept:
             best.update(value=value, epoch=epoch)
             run.save_model(run_dir / "best", epoch)
         write_run_curves(run_dir)  # curves.png after each epoch's validation line; never raises
@@ -224,7 +227,7 @@ def _test(run: FinetuneRun, best: dict, coverage: dict | None) -> dict:
     config = run.config
     epochs = config.epochs if run.module is not None else 0
     metadata = run.task_metadata()
-    result = {"task": config.task, "init": config.init, "best_epoch": best["epoch"], "epochs": epochs,
+    result = {"task": config.task, "init": config.init, "best_epoch": best["epoch"], "epochs": epochs, "keep": config.keep,
               "val_selection": None if epochs == 0 else best["value"], "test": run.evaluate("test"),
               "answer_vocab": metadata.get("answer_vocab"), "split_sizes": metadata["split_sizes"]}
     if config.head.train_fit and run.module is not None:  # how well the best epoch fits what it trained on
@@ -295,7 +298,8 @@ def _finetune(config: FinetuneConfig, run_dir: Path, env, progress: bool) -> dic
 def metrics_markdown(result: dict) -> str:
     """A markdown table of the scalar test metrics."""
     rows = scalar_items(result["test"])
-    lines = [f"# {result['task']} (init: {result['init']}, best epoch {result['best_epoch']} of {result['epochs']})", "",
+    rule = "the last" if result.get("keep") == "last" else "best validation"
+    lines = [f"# {result['task']} (init: {result['init']}, epoch {result['best_epoch']} of {result['epochs']} kept: {rule})", "",
              f"Test set: {describe_identity(result.get('test_set'))}", "", "| metric | test |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines) + "\n"
