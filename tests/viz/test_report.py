@@ -80,7 +80,7 @@ def test_finetuning_writes_curves_and_vqa_report(vqa_run, tmp_path):
     figures = _check_references(html_path, md_path)
     assert set(figures) == {"curves.png", "vqa_confusion.png"}
     markdown = md_path.read_text()
-    for section in ("Validation per epoch", "Test metrics (best epoch)", "VQA test breakdown", "Backbone"):
+    for section in ("Validation per epoch", "Test metrics (kept epoch)", "VQA test breakdown", "Backbone"):
         assert f"## {section}" in markdown, section
     assert "| true \\ predicted | yes | no | other |" in markdown and "| presence |" in markdown
 

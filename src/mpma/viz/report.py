@@ -284,7 +284,8 @@ def _finetune_sections(report: Report, run: Path, out: Path, vqa: VqaPredictions
     config = _read_json(run / "config.json") or {}
     task = _read_json(run / "task.json") or {}
     metrics = _read_json(run / "metrics.json")
-    status = f"finished (best epoch {metrics['best_epoch']} of {metrics['epochs']})" if metrics else "in progress"
+    rule = "the last" if metrics and metrics.get("keep") == "last" else "best validation"  # finetune keep=
+    status = f"finished (epoch {metrics['best_epoch']} of {metrics['epochs']} kept: {rule})" if metrics else "in progress"
     report.p(f"Fine-tuning run {run.resolve()}: task {config.get('task')}, init {config.get('init')}, {status}; "
              f"split sizes {task.get('split_sizes')}; report written {time.strftime('%Y-%m-%d %H:%M')}.")
     _curves(report, run, out)
@@ -295,7 +296,7 @@ def _finetune_sections(report: Report, run: Path, out: Path, vqa: VqaPredictions
         report.table(["epoch", "step", *names], [[e["epoch"], e["step"], *[e["val"].get(k) for k in names]] for e in epochs])
     if metrics:
         identity = describe_identity(metrics.get("test_set") or task.get("test_set"))
-        report.h2("Test metrics (best epoch)")
+        report.h2("Test metrics (kept epoch)")
         report.p(f"Test set: {identity}.")
         report.table(["metric", f"test: {identity}"],
                      [[k, v] for k, v in scalar_items(metrics.get("test", {}))])
