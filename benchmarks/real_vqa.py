@@ -12,8 +12,8 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    when ``.[real-weights]`` is installed.
 3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs, the last one tested),
    ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``, ``m3ae_style``,
-   ``mpma_minilm``; with ``--rows`` also ``mpma_no_local`` and ``mpma_no_memory`` (MPMA without GLA-local /
-   without the memory, same data and steps). Every test score is also taken with the test images
+   ``mpma_minilm``; with ``--rows`` also ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA
+   without GLA-local / GLA-global / the memory, same data and steps). Every test score is also taken with the test images
    shuffled among the questions (``shuffled_overall``).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
@@ -35,13 +35,14 @@ from pathlib import Path
 ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
 # section 6); run only when named in --rows
-ABLATION_ROWS = ("mpma_no_local", "mpma_no_memory")
+ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
-                "mpma_minilm": "mpma_minilm", "mpma_no_local": "mpma_no_local", "mpma_no_memory": "mpma_no_memory"}
+                "mpma_minilm": "mpma_minilm", **{row: row for row in ABLATION_ROWS}}
 PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
-                   "mpma_no_local": "tiny_real", "mpma_no_memory": "tiny_real"}
-PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_memory": ["fusion.memory_slots=0"]}
+                   **{row: "tiny_real" for row in ABLATION_ROWS}}
+PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
+                      "mpma_no_memory": ["fusion.memory_slots=0"]}
 # Published anchors and no-learning floors on the same split (shared/data/README.md).
 ANCHORS = {
     "m3ae_published": {"overall": 77.0, "open": 67.2, "closed": 83.5,

@@ -97,13 +97,15 @@ def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp
     for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
         (tmp_path / "shared" / sub).mkdir(parents=True)
     monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
-                                     "--seeds", "1", "--rows", "mpma,mpma_no_local,mpma_no_memory"])
+                                     "--seeds", "1", "--rows", "mpma,mpma_no_local,mpma_no_global,mpma_no_memory"])
     real_vqa.main()
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
-    assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_memory"}
+    assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_global",
+                              "pretrain-mpma_no_memory"}
     assert "objectives.local_align=0" in pretrains["pretrain-mpma_no_local"]
+    assert "objectives.global_align=0" in pretrains["pretrain-mpma_no_global"]
     assert "fusion.memory_slots=0" in pretrains["pretrain-mpma_no_memory"]
-    assert not any(a.startswith(("objectives.local_align", "fusion.memory_slots")) for a in pretrains["pretrain-mpma"])
+    assert not any(a.startswith(("objectives.", "fusion.")) for a in pretrains["pretrain-mpma"])
     for call in pretrains.values():  # same data, steps and preset as the mpma row
         assert "optim.steps=4000" in call and call[call.index("--config") + 1] == "tiny_real"
     assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
