@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def step_args(args, checkpointing: bool) -> list[str]:
     """``pretrain_step.py`` arguments that build this benchmark's model and batch."""
-    overrides = [f"--{args.preset}-overrides", *args.overrides] if args.preset in ("tiny", "base") and args.overrides else []
+    overrides = [f"--{args.preset}-overrides", *args.overrides] if args.overrides else []  # main: tiny/base only
     return ["--presets", args.preset, "--batch", str(args.batch), *overrides,
             *(["--threads", str(args.threads)] if args.threads else []),
             *(["--activation-checkpointing"] if checkpointing else [])]

@@ -13,7 +13,8 @@ VQA_LOSSES = ("bce", "ce")
 ANSWER_VOCABS = ("train", "all_splits")
 POOLS = ("cls", "mean")  # mpma.tasks.classification.POOLINGS
 IMAGE_MODES = ("finetune", "linear_probe")
-KEEP_EPOCHS = ("best_val", "last")  # which epoch's weights become best/ and are tested
+# keep=: which epoch's weights become best/ and are tested -> how metrics.md and `mpma report` name the rule
+KEEP_EPOCHS = {"best_val": "best validation", "last": "the last"}
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from mpma.config import Config, ConfigError, FinetuneConfig, config_from_dict, load_config
+from mpma.config.finetune import KEEP_EPOCHS
 from mpma.data.bad_records import REJECTS, check_fraction, left_out, write_rejects
 from mpma.data.collate import ExampleList, ImageStore, TaskCollator
 from mpma.data.sampling import EpochBatches, iterate_batches
@@ -298,7 +299,7 @@ def _finetune(config: FinetuneConfig, run_dir: Path, env, progress: bool) -> dic
 def metrics_markdown(result: dict) -> str:
     """A markdown table of the scalar test metrics."""
     rows = scalar_items(result["test"])
-    rule = "the last" if result.get("keep") == "last" else "best validation"
+    rule = KEEP_EPOCHS[result.get("keep", "best_val")]  # runs from before keep= kept the best validation epoch
     lines = [f"# {result['task']} (init: {result['init']}, epoch {result['best_epoch']} of {result['epochs']} kept: {rule})", "",
              f"Test set: {describe_identity(result.get('test_set'))}", "", "| metric | test |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mpma.config.finetune import KEEP_EPOCHS
 from mpma.data.records import normalize_answer
 from mpma.data.sources.identity import describe_identity
 from mpma.eval.metrics import scalar_items
@@ -284,8 +285,8 @@ def _finetune_sections(report: Report, run: Path, out: Path, vqa: VqaPredictions
     config = _read_json(run / "config.json") or {}
     task = _read_json(run / "task.json") or {}
     metrics = _read_json(run / "metrics.json")
-    rule = "the last" if metrics and metrics.get("keep") == "last" else "best validation"  # finetune keep=
-    status = f"finished (epoch {metrics['best_epoch']} of {metrics['epochs']} kept: {rule})" if metrics else "in progress"
+    status = (f"finished (epoch {metrics['best_epoch']} of {metrics['epochs']} kept: "
+              f"{KEEP_EPOCHS[metrics.get('keep', 'best_val')]})" if metrics else "in progress")
     report.p(f"Fine-tuning run {run.resolve()}: task {config.get('task')}, init {config.get('init')}, {status}; "
              f"split sizes {task.get('split_sizes')}; report written {time.strftime('%Y-%m-%d %H:%M')}.")
     _curves(report, run, out)
