@@ -302,6 +302,34 @@ def test_fused_classifier_boosts_only_its_new_classifier(micro_config):
     assert any(name.startswith("backbone.fusion.") for name, _ in module.named_parameters())
 
 
+def test_label_smoothing_spreads_the_cross_entropy_target(micro_config):
+    """head.label_smoothing reaches the VQA module: loss = (1 - e) * CE + e * mean over classes of -log p."""
+    from mpma.config import FinetuneConfig
+    from mpma.models.mpma import MPMAModel
+    from mpma.tasks.base import get_task
+
+    config = FinetuneConfig()
+    config.head.vqa_loss, config.head.label_smoothing = "ce", 0.2
+    module = get_task("vqa").build_module(config, MPMAModel(micro_config(), vocab_size=50, pad_token_id=0),
+                                          ["yes", "no", "left"], multi_label=False)
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([0, 2])
+    module.logits = lambda batch: logits  # the loss alone, on fixed logits
+    log_p = logits.log_softmax(1)
+    expected = (0.8 * -log_p[torch.arange(2), targets] + 0.2 * -log_p.mean(1)).mean()
+    assert torch.allclose(module({"targets": targets}).losses["task"], expected)
+    module.label_smoothing = 0.0
+    assert torch.allclose(module({"targets": targets}).losses["task"], -log_p[torch.arange(2), targets].mean())
+
+
+@pytest.mark.parametrize("task", ["vqa", "img_cls"])
+def test_label_smoothing_needs_a_single_label_cross_entropy(tmp_path, capsys, task):
+    """VQA's default soft-score BCE and the uni-modal tasks have nothing to smooth: an error, not a silent no-op."""
+    out = tmp_path / "run"
+    assert main(["finetune", task, "--out", str(out), "--no-progress", *SMALL_DATA, "head.label_smoothing=0.1"]) == 2
+    assert "head.label_smoothing=0.1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, key", [("optim.steps=5", "optim.steps"), ("run.checkpoint_every=3", "run.checkpoint_every")])
 def test_fine_tuning_refuses_a_step_schedule_instead_of_overwriting_it(tmp_path, capsys, override, key):
     """Fine-tuning counts epochs: a user-set step count is an error naming the key, never silently replaced."""

@@ -59,6 +59,7 @@ class HeadConfig:
     answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
     hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width
     pool: str = "cls"  # vqa/mm_cls pair feature: "cls" (pooled CLS of both streams) or "mean" (token means)
+    label_smoothing: float = 0.0  # vqa (vqa_loss=ce) / mm_cls training loss: share of the target spread over all classes
     train_fit: bool = True  # also score the best weights on the training split ("train_fit" in metrics.json)
     shuffled_eval: bool = True  # vqa/mm_cls: also score test with images shuffled among examples (seeded)
     image_mode: str = "finetune"  # img_cls: "finetune" the vision encoder or "linear_probe"
@@ -71,6 +72,8 @@ class HeadConfig:
         checks.choice("head.answer_vocab", self.answer_vocab, ANSWER_VOCABS)
         checks.positive("head.hidden_mult", self.hidden_mult, "MLP hidden width = hidden_mult x pooled width")
         checks.choice("head.pool", self.pool, POOLS)
+        checks.in_range("head.label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=False,
+                        note="the share of the cross-entropy target spread over all classes")
         checks.choice("head.image_mode", self.image_mode, IMAGE_MODES)
         checks.at_least("head.rerank_k", self.rerank_k, 0, "0 = off")
         if "{label}" not in self.prompt:

@@ -114,6 +114,10 @@ class FinetuneRun:
                                     text_fields=self.task.text_fields, target=self.task.target, classes=self.classes,
                                     multi_label=self.multi_label, soft_targets=self.task.soft_targets(config),
                                     blank_images=config.data.blank_images)
+        if config.head.label_smoothing and (not self.task.smooths_labels or self.task.soft_targets(config)):
+            raise ConfigError(f"head.label_smoothing={config.head.label_smoothing}: task {self.task.name!r} has no "
+                              "single-label cross-entropy loss to smooth (vqa with head.vqa_loss=ce, or mm_cls); "
+                              "drop the override")
         self.module = self.task.build_module(config, self.backbone, self.classes, self.multi_label)
         (self.module or self.backbone).to(device)
 

@@ -62,6 +62,8 @@ class Task:
         trains: whether the task has a trainable module (zero-shot classification has none).
         label_fraction: ``data.fraction`` subsamples the training labels (label-efficiency runs).
         synthrad_multi_label: synthrad labels of this task are multi-hot.
+        smooths_labels: its module takes ``head.label_smoothing`` (a single-label cross-entropy loss;
+            see :meth:`soft_targets` for a task whose loss depends on the config).
     """
 
     name: ClassVar[str]
@@ -74,6 +76,7 @@ class Task:
     trains: ClassVar[bool] = True
     label_fraction: ClassVar[bool] = False
     synthrad_multi_label: ClassVar[bool] = False
+    smooths_labels: ClassVar[bool] = False
 
     @property
     def reads_pair(self) -> bool:

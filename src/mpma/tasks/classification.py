@@ -54,15 +54,18 @@ class FusedClassifier(nn.Module):
         loss: "bce" (soft scores / multi-label targets) or "ce" (single label).
         hidden: MLP hidden width; None: twice the pooled width (the pooled width is 2 x fusion width).
         pool: how the pair feature is read from the fusion output (see :func:`pool_fused`).
+        label_smoothing: share of the "ce" target spread evenly over all classes (training loss only).
     """
 
     def __init__(self, backbone: MPMAModel, classes: int, loss: str = "ce", hidden: int | None = None,
-                 pool: str = "cls") -> None:
+                 pool: str = "cls", label_smoothing: float = 0.0) -> None:
         super().__init__()
         if loss not in ("bce", "ce"):
             raise ValueError(f"loss must be 'bce' or 'ce', got {loss!r}")
         if pool not in POOLINGS:
             raise ValueError(f"head.pool must be one of {POOLINGS}, got {pool!r}")
+        if label_smoothing and loss != "ce":
+            raise ValueError(f"label_smoothing applies to the 'ce' loss only, got loss={loss!r}")
         self.backbone = backbone
         pooled = 2 * backbone.config.fusion.width
         hidden = hidden or 2 * pooled
@@ -71,6 +74,7 @@ class FusedClassifier(nn.Module):
         self.pool = pool
         self.classes = classes
         self.hidden = hidden
+        self.label_smoothing = label_smoothing
 
     def logits(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """(B, classes) logits (and the fusion output when ``return_attention``)."""
@@ -88,7 +92,7 @@ class FusedClassifier(nn.Module):
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * targets.shape[1]
             correct = targets.gather(1, logits.argmax(1, keepdim=True)).squeeze(1) > 0
         else:
-            loss = F.cross_entropy(logits.float(), targets, ignore_index=-100)
+            loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, label_smoothing=self.label_smoothing)
             correct = logits.argmax(1) == targets
         return StepResult({"task": loss}, {"acc": correct.float().mean().detach()})
 
@@ -195,6 +199,7 @@ class ImageTextClassification(LabelTask):
     help = "image-text classification (fused pair, single label)"
     selection_metric = "accuracy"
     text_fields = ("text", "text_pair")
+    smooths_labels = True
 
     def synthrad_examples(self, case, ref, index: int) -> list[dict]:
         # the kind of a single finding, or "normal"; two-finding cases are left out
@@ -204,7 +209,8 @@ class ImageTextClassification(LabelTask):
         return [{"image": ref, "text": case.report, "labels": (labels[0],)}]
 
     def build_module(self, config, backbone, classes, multi_label):
-        return FusedClassifier(backbone, len(classes), "ce", fused_hidden(config, backbone), config.head.pool)
+        return FusedClassifier(backbone, len(classes), "ce", fused_hidden(config, backbone), config.head.pool,
+                               config.head.label_smoothing)
 
     def head_settings(self, module):
         return module.settings()

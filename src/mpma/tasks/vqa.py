@@ -30,6 +30,7 @@ class VQA(Task):
     text_fields = ("question",)
     target = "answer"
     manifest_kind = "vqa"
+    smooths_labels = True  # with head.vqa_loss=ce
 
     def synthrad_examples(self, case, ref, index: int) -> list[dict]:
         return [{"image": ref, "question": q.question, "answer": q.answer, "answer_type": q.answer_type,
@@ -45,7 +46,8 @@ class VQA(Task):
         return config.head.vqa_loss == "bce"
 
     def build_module(self, config, backbone, classes, multi_label):
-        return FusedClassifier(backbone, len(classes), config.head.vqa_loss, fused_hidden(config, backbone), config.head.pool)
+        return FusedClassifier(backbone, len(classes), config.head.vqa_loss, fused_hidden(config, backbone), config.head.pool,
+                               config.head.label_smoothing)
 
     def head_settings(self, module):
         return module.settings()
