@@ -260,6 +260,38 @@ def test_kept_epoch_weights_are_what_best_holds_and_what_is_tested(tmp_path, mic
     assert evaluate_run(out, "test")["overall"] == metrics["test"]["overall"]
 
 
+def _vqa_manifest_with_images(folder: Path, images: int = 6) -> Path:
+    """Train and test splits only, every test image also a train image (as in VQA-RAD)."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for i in range(images):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / f"img{i}.png")
+        for q, split in enumerate(("train", "train", "test")):
+            rows.append({"id": f"{i}-{q}", "image": f"img{i}.png", "question": f"is there a finding {q} in {i}?",
+                         "answer": "yes" if (i + q) % 2 else "no", "answer_type": "CLOSED", "split": split})
+    path = folder / "vqa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_no_validation_split_trains_on_all_of_train_and_keeps_the_last_epoch(tmp_path, micro_preset, capsys):
+    """data.val_fraction=0: every training question is trained on, no epoch is validated, the last is kept;
+    keep=best_val then has nothing to choose by and is refused before training."""
+    manifest = _vqa_manifest_with_images(tmp_path)
+    common = ["finetune", "vqa", "--data", str(manifest), "--no-progress", f"preset={micro_preset}", "epochs=2",
+              "data.batch_size=4", "data.val_fraction=0", "head.shuffled_eval=false"]
+    out = tmp_path / "run"
+    assert main([*common, "--out", str(out), "keep=last"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split_sizes"] == {"train": 12, "val": 0, "test": 6}
+    assert metrics["best_epoch"] == 2 and metrics["val_selection"] is None
+    assert '"val"' not in (out / "log.jsonl").read_text()
+    assert main([*common, "--out", str(tmp_path / "refused"), "keep=best_val"]) == 2
+    assert "set keep=last" in capsys.readouterr().err
+
+
 def test_keep_names_a_known_rule(tmp_path, capsys):
     assert main(["finetune", "vqa", "--out", str(tmp_path / "run"), "--no-progress", *SMALL_DATA, "keep=best"]) == 2
     assert "keep: expected one of best_val, last" in capsys.readouterr().err

@@ -36,6 +36,17 @@ def test_vqa_validation_from_a_manifest_is_held_out_by_image(tmp_path, seed):
     assert len(data.splits["val"]) == 16 and len(data.splits["train"]) == 48
 
 
+def test_val_fraction_zero_holds_nothing_out_and_keeps_a_dataset_validation_split(tmp_path):
+    manifest = vqa_manifest(tmp_path)
+    data = build_task_data(get_task("vqa"), TaskDataConfig(dataset=str(manifest), val_fraction=0.0), 32)
+    assert data.splits["val"] == [] and len(data.splits["train"]) == 64  # all 16 train images, 4 questions each
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[0]["split"] = "val"  # a dataset's own validation split is not made by val_fraction: it stays
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = build_task_data(get_task("vqa"), TaskDataConfig(dataset=str(manifest), val_fraction=0.0), 32)
+    assert len(data.splits["val"]) == 1 and len(data.splits["train"]) == 63
+
+
 def test_held_out_split_without_groups_splits_examples():
     examples = [{"group": i // 4, "n": i} for i in range(40)]
     train, val = held_out_split(examples, 0.25, seed=0)
@@ -56,3 +67,8 @@ def test_real_vqa_rad_validation_images_are_never_trained_on():
     assert not train_images & val_images
     assert len(data.splits["train"]) + len(data.splits["val"]) == 3064 and len(data.splits["test"]) == 451
     assert 0.05 < len(val_images) / (len(train_images) + len(val_images)) < 0.15  # val_fraction 0.1 of the images
+    test_images = {e["image"] for e in data.splits["test"]}
+    assert test_images & val_images  # so the default hold-out hides some test images from training
+    everything = build_task_data(get_task("vqa"), TaskDataConfig(dataset=f"vqa-rad:{REAL_VQA_RAD}", val_fraction=0.0), 32)
+    assert len(everything.splits["train"]) == 3064 and not everything.splits["val"]
+    assert test_images <= {e["image"] for e in everything.splits["train"]}  # every test image is a train image

@@ -25,7 +25,9 @@ class TaskDataConfig:
     train_size: int = 2000  # synthrad cases per split (disjoint from the pre-training cases)
     val_size: int = 300
     test_size: int = 600
-    val_fraction: float = 0.1  # held out of train (seeded) when the dataset has no validation split
+    # held out of train (seeded) when the dataset has no validation split; 0: none is held out, the model
+    # trains on all of train and no epoch is validated (needs keep=last)
+    val_fraction: float = 0.1
     fraction: float = 1.0  # label fraction of the training set (seeded, label-stratified)
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -41,8 +43,8 @@ class TaskDataConfig:
         checks.not_empty("data.dataset", self.dataset, "synthrad, vqa-rad:PATH or a manifest")
         for name in ("train_size", "val_size", "test_size", "batch_size", "eval_batch_size"):
             checks.positive(f"data.{name}", getattr(self, name))
-        checks.in_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
-                        note="the share of train held out for validation")
+        checks.in_range("data.val_fraction", self.val_fraction, 0.0, 1.0,
+                        note="the share of train held out for validation; 0 = none (with keep=last)")
         checks.in_range("data.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False,
                         note="the share of the training labels used")
         checks.at_least("data.num_workers", self.num_workers, 0)

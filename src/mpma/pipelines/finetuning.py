@@ -199,16 +199,19 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
 
     def end_of_epoch(step: int) -> None:
         epoch = step // steps_per_epoch
-        metrics = run.evaluate("val")
-        value = run.selection_value(metrics)
-        with (run_dir / "log.jsonl").open("a") as handle:
-            handle.write(json.dumps({"step": step, "epoch": epoch, "val": metrics}, default=float) + "\n")
-        log_validation(tracker, step, epoch, metrics, config.optim.steps)
+        value = None  # no validation split (data.val_fraction=0, keep=last): nothing to score or log
+        if run.data.splits["val"]:
+            metrics = run.evaluate("val")
+            value = run.selection_value(metrics)
+            with (run_dir / "log.jsonl").open("a") as handle:
+                handle.write(json.dumps({"step": step, "epoch": epoch, "val": metrics}, default=float) + "\n")
+            log_validation(tracker, step, epoch, metrics, config.optim.steps)
         kept = value > best["value"] if config.keep == "best_val" else epoch == epochs
         if kept:
             best.update(value=value, epoch=epoch)
             run.save_model(run_dir / "best", epoch)
-        write_run_curves(run_dir)  # curves.png after each epoch's validation line; never raises
+        if (run_dir / "log.jsonl").exists():  # none yet: no validation line and no logged step
+            write_run_curves(run_dir)  # curves.png after each epoch; never raises
 
     if run.task.starts_from_pretrained_model(config, run.backbone):
         if env.is_main:
@@ -276,6 +279,9 @@ def _finetune(config: FinetuneConfig, run_dir: Path, env, progress: bool) -> dic
     run = FinetuneRun(config, env.device)
     train = run.data.splits["train"]
     epochs = config.epochs if run.module is not None else 0  # zero-shot tasks never train
+    if epochs and config.keep == "best_val" and not run.data.splits["val"]:
+        raise ConfigError(f"{config.data.dataset} has no validation split here (data.val_fraction=0): keep=best_val "
+                          "has nothing to choose by; set keep=last, or data.val_fraction above 0")
     sampler = EpochBatches(len(train), min(config.data.batch_size, len(train)), config.data.seed, env.rank, env.world_size)
     fix_schedule(config, epochs, sampler.batches_per_epoch)
     coverage = run.tokenizer_coverage() if env.is_main else None  # [UNK] share of the training text
@@ -321,8 +327,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     run = FinetuneRun(config, device)
     if run.module is not None and (run_dir / "best" / ckpt.WEIGHTS).exists():
         ckpt.load_weights(run.module, run_dir / "best" / ckpt.WEIGHTS)
-    if split not in run.data.splits:
-        raise ValueError(f"split '{split}' not in {sorted(run.data.splits)}")
+    if not run.data.splits.get(split):
+        raise ValueError(f"split '{split}' has no examples in this run (splits with examples: "
+                         f"{sorted(name for name, examples in run.data.splits.items() if examples)})")
     metrics = run.evaluate(split)
     if left_out(run.bad_images, split):  # as in the run: examples whose image cannot be read are not scored
         warnings.warn(f"{left_out(run.bad_images, split)} {split} examples left out: their image cannot be read "

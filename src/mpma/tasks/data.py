@@ -41,7 +41,10 @@ class TaskData:
 
 
 def held_out_split(examples: list[dict], fraction: float, seed: int, group_key: str | None = None) -> tuple[list, list]:
-    """Seeded train/val split; with ``group_key`` all examples of a group land on the same side."""
+    """Seeded train/val split; with ``group_key`` all examples of a group land on the same side.
+    ``fraction`` 0 holds nothing out (at least one example or group otherwise)."""
+    if fraction == 0:
+        return list(examples), []
     rng = np.random.default_rng([seed, 7])
     if group_key is None:
         order = rng.permutation(len(examples))
@@ -104,7 +107,8 @@ def _vqa_examples(records) -> list[dict]:
 
 def vqa_rad_task_data(root: str, config: TaskDataConfig) -> TaskData:
     """VQA-RAD's MEVF split (train 3,064 / test 451); validation: ``data.val_fraction`` of the train
-    *images* with all their questions (seeded), so no validation image is seen in training."""
+    *images* with all their questions (seeded), so no validation image is seen in training. (Every test
+    image is also a train image: ``data.val_fraction=0`` trains on all of them, as published results do.)"""
     records = load_vqa_rad(root)
     train = _vqa_examples(records["train"])
     train, val = held_out_split(train, config.val_fraction, config.seed, group_key="group")
@@ -156,7 +160,8 @@ def build_task_data(task: Task, config: TaskDataConfig, image_size: int) -> Task
                          "(use synthrad, vqa-rad:PATH or a manifest path)")
     if config.fraction < 1 and task.label_fraction:
         data.splits["train"] = label_fraction(data.splits["train"], config.fraction, config.seed)
+    data.splits.setdefault("val", [])
     for split in ("train", "val", "test"):
-        if not data.splits.get(split):
+        if not data.splits[split] and not (split == "val" and config.val_fraction == 0):
             raise ValueError(f"{config.dataset}: split '{split}' is empty for task '{task.name}'")
     return data
