@@ -318,3 +318,20 @@ def test_activation_checkpointing_times_both_settings_on_one_model_and_probes_me
     assert off["state_memory"] == on["state_memory"] > 0  # same parameters: only the activations may differ
     for row in (off, on):
         assert row["peak_memory"] == row["baseline_memory"] + row["state_memory"] + row["activation_memory"]
+
+
+def test_vqa_lookup_answers_from_the_same_images_nearest_training_question():
+    lookup = _script("vqa_lookup").lookup_scores
+    train = [{"image": "a.png", "question": "Is there a fracture?", "answer": "Yes", "answer_type": "CLOSED"},
+             {"image": "a.png", "question": "What organ is shown?", "answer": "brain", "answer_type": "OPEN"},
+             {"image": "b.png", "question": "Is there a fracture of the rib?", "answer": "no", "answer_type": "CLOSED"},
+             {"image": "b.png", "question": "What organ is shown?", "answer": "lung", "answer_type": "OPEN"}]
+    test = [{"image": "a.png", "question": "is a fracture present?", "answer": "yes ", "answer_type": "CLOSED"},
+            {"image": "b.png", "question": "which organ is shown here?", "answer": "Lung", "answer_type": "OPEN"},
+            {"image": "c.png", "question": "What organ is shown?", "answer": "liver", "answer_type": "OPEN"}]
+    same = lookup(train, test, use_image=True)
+    assert (same["closed"], same["open"]) == (100.0, 50.0)  # c.png is unseen: the text-nearest answer (brain) misses
+    assert same["test_image_in_train"] == round(100 * 2 / 3, 1)
+    assert same["test_answer_on_same_train_image"] == round(100 * 2 / 3, 1)
+    text = lookup(train, test, use_image=False)  # the organ question's nearest is a.png's: brain, not lung
+    assert (text["closed"], text["open"]) == (100.0, 0.0)
