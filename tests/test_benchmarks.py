@@ -78,9 +78,16 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
              for c in calls if c[0] == "pretrain"}
     assert steps == {"pretrain-mpma": "optim.steps=4000", "pretrain-m3ae_style": "optim.steps=4000",
                      "pretrain-mpma_minilm": "optim.steps=1000"}
-    finetunes = [c for c in calls if c[0] == "finetune"]
-    assert len(finetunes) == 5 * 2
-    assert sum("data.blank_images=true" in c for c in finetunes) == 2  # question_only only
+    finetunes = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "finetune"}
+    assert len(finetunes) == 7 * 2
+    blank = sorted(name for name, c in finetunes.items() if "data.blank_images=true" in c)
+    assert blank == [f"vqa-{row}-seed{s}" for row in ("question_only", "question_only_minilm") for s in (0, 1)]
+    minilm_preset = tmp_path / "out" / "tiny_real_minilm.json"
+    for row in ("question_only_minilm", "scratch_minilm"):  # MiniLM text, no image-text pre-training
+        assert f"preset={minilm_preset}" in finetunes[f"vqa-{row}-seed0"]
+        assert finetunes[f"vqa-{row}-seed0"][finetunes[f"vqa-{row}-seed0"].index("--init") + 1] == "scratch"
+    assert json.loads(minilm_preset.read_text())["text"]["init"] == str(tmp_path / "minilm")
+    assert "preset=tiny_real" in finetunes["vqa-scratch-seed0"]
     report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
     assert set(report["vqa_rad"]) == set(real_vqa.ROWS)
     row = report["vqa_rad"]["mpma"]
