@@ -143,6 +143,23 @@ def finetune(row: str, seed: int, init: Path | None, shared: Path, out: Path, ex
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def finished_runs(row: str, init: Path | None, seeds: int, out: Path, timings: dict, missing: list) -> list[dict]:
+    """``--collect``: the metrics of ``row``'s finished fine-tunes in ``out`` (unfinished ones go to ``missing``)
+    and the seconds of each run, read from its folder, into ``timings``."""
+    if init is not None and (init / "summary.json").exists():
+        timings[init.name] = json.loads((init / "summary.json").read_text()).get("train_seconds")
+    runs = []
+    for seed in range(seeds):
+        run_dir = out / f"vqa-{row}-seed{seed}"
+        if not (run_dir / "metrics.json").exists():
+            missing.append(run_dir.name)
+            continue
+        runs.append(json.loads((run_dir / "metrics.json").read_text()))
+        seconds = (run_dir / "metrics.json").stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+        timings[run_dir.name] = round(seconds, 1)
+    return runs
+
+
 def mean_sd(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 2), "sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
             "values": [round(v, 2) for v in values]}
@@ -188,6 +205,10 @@ def main() -> None:
     parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--finetune-override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path, help="also write the JSON here (e.g. docs/results/real_vqa.json)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: summarise the finished runs in --out (a row's unfinished seeds are left out "
+                             "and named under missing_runs; a row with none is left out); run seconds are read from the "
+                             "run folders (pre-training: summary.json; fine-tuning: config.json to metrics.json)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS + ABLATION_ROWS))
@@ -202,21 +223,27 @@ def main() -> None:
         rows = [r for r in rows if r not in MINILM_ROWS]
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    manifests = prepare_data(args.shared, args.out)
-    timings, results = {}, {}
+    manifests = None if args.collect else prepare_data(args.shared, args.out)
+    timings, results, missing = {}, {}, []
     for row in rows:
         name = ROW_PRETRAIN[row]
-        init = None
-        if name is not None:
-            t0 = time.perf_counter()
-            steps = args.minilm_pretrain_steps if name == "mpma_minilm" else args.pretrain_steps
-            init = pretrain(name, manifests, args.shared, args.out, steps, args.pretrain_override)
-            timings[f"pretrain-{name}"] = round(time.perf_counter() - t0, 1)
-        runs = []
-        for seed in range(args.seeds):
-            t0 = time.perf_counter()
-            runs.append(finetune(row, seed, init, args.shared, args.out, args.finetune_override))
-            timings[f"vqa-{row}-seed{seed}"] = round(time.perf_counter() - t0, 1)
+        if args.collect:
+            init = args.out / f"pretrain-{name}" if name else None
+            runs = finished_runs(row, init, args.seeds, args.out, timings, missing)
+            if not runs:
+                continue
+        else:
+            init = None
+            if name is not None:
+                t0 = time.perf_counter()
+                steps = args.minilm_pretrain_steps if name == "mpma_minilm" else args.pretrain_steps
+                init = pretrain(name, manifests, args.shared, args.out, steps, args.pretrain_override)
+                timings[f"pretrain-{name}"] = round(time.perf_counter() - t0, 1)
+            runs = []
+            for seed in range(args.seeds):
+                t0 = time.perf_counter()
+                runs.append(finetune(row, seed, init, args.shared, args.out, args.finetune_override))
+                timings[f"vqa-{row}-seed{seed}"] = round(time.perf_counter() - t0, 1)
         entry = {key: mean_sd([100 * r["test"][key] for r in runs]) for key in ("overall", "open", "closed")}
         shuffled = [100 * r["test_shuffled_images"]["overall"] for r in runs if "test_shuffled_images" in r]
         if shuffled:
@@ -233,19 +260,26 @@ def main() -> None:
         results[row] = entry
         print(json.dumps({row: entry}), flush=True)
     wall = round(time.perf_counter() - started, 1)
+    if args.collect:
+        wall = round(sum(v for v in timings.values() if v), 1)  # the runs' own seconds, one after another
     report = {"vqa_rad": results, "wall_time_s": wall, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
               "minilm_pretrain_steps": args.minilm_pretrain_steps,
               "anchors": ANCHORS, "run_seconds": timings,
               "host": {"cpu_features": cpu_features(), "threads": os.environ.get("OMP_NUM_THREADS", "default")},
               "answer_vocabulary": "train+val answers (47 of the 451 test answers are outside it: best possible 89.6)",
               "command": "python benchmarks/real_vqa.py " + " ".join(sys.argv[1:])}
+    if missing:
+        report["missing_runs"] = missing
     text = json.dumps(report, indent=2) + "\n"
     (args.out / "real_vqa.json").write_text(text)
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(text)
     print(markdown_table(results))
-    print(f"\nwall time {wall:.0f} s ({wall / 60:.1f} min) on {cpu_features()}")
+    what = "the collected runs' own time, summed" if args.collect else "wall time"
+    print(f"\n{what} {wall:.0f} s ({wall / 60:.1f} min) on {cpu_features()}")
+    if missing:
+        print(f"not finished, left out: {', '.join(missing)}")
 
 
 if __name__ == "__main__":

@@ -342,3 +342,34 @@ def test_vqa_lookup_answers_from_the_same_images_nearest_training_question():
     assert same["test_answer_on_same_train_image"] == round(100 * 2 / 3, 1)
     text = lookup(train, test, use_image=False)  # the organ question's nearest is a.png's: brain, not lung
     assert (text["closed"], text["open"]) == (100.0, 0.0)
+
+
+def test_real_vqa_collect_summarises_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    import json
+
+    real_vqa = _script("real_vqa")
+    monkeypatch.setattr(real_vqa, "mpma", lambda *args, log: (_ for _ in ()).throw(AssertionError(args)))
+    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        (tmp_path / "shared" / sub).mkdir(parents=True)
+    out = tmp_path / "out"
+    (out / "pretrain-mpma_minilm").mkdir(parents=True)
+    (out / "pretrain-mpma_minilm" / "summary.json").write_text(json.dumps({"train_seconds": 100.0}))
+    for row, seeds, overall in (("scratch", (0, 1), (0.5, 0.6)), ("mpma_minilm", (0, 1, 2), (0.6, 0.62, 0.64))):
+        for seed, score in zip(seeds, overall):
+            run = out / f"vqa-{row}-seed{seed}"
+            run.mkdir()
+            (run / "config.json").write_text("{}")
+            test = {"overall": score, "open": score, "closed": score}
+            (run / "metrics.json").write_text(json.dumps({"test": test, "best_epoch": 20, "split_sizes": {"train": 3064}}))
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(out), "--collect",
+                                     "--rows", "question_only,scratch,mpma_minilm"])
+    real_vqa.main()
+    report = json.loads((out / "real_vqa.json").read_text())
+    assert set(report["vqa_rad"]) == {"scratch", "mpma_minilm"}  # question_only has no finished run
+    assert report["vqa_rad"]["scratch"]["overall"]["values"] == [50.0, 60.0]
+    assert report["vqa_rad"]["mpma_minilm"]["overall"]["mean"] == 62.0
+    assert report["vqa_rad"]["mpma_minilm"]["train_examples"] == [3064]
+    assert report["missing_runs"] == ["vqa-question_only-seed0", "vqa-question_only-seed1", "vqa-question_only-seed2",
+                                      "vqa-scratch-seed2"]
+    assert report["run_seconds"]["pretrain-mpma_minilm"] == 100.0
