@@ -140,8 +140,9 @@ FINETUNE_ERRORS = [
     ("task=''", "task", "non-empty"),
     ("init=' '", "init", "non-empty"),
     ("preset=''", "preset", "non-empty"),
-    ("data.val_fraction=0", "data.val_fraction", "(0, 1)"),
-    ("data.val_fraction=1", "data.val_fraction", "(0, 1)"),
+    ("data.val_fraction=-0.1", "data.val_fraction", "[0, 1)"),  # 0 is allowed: no validation hold-out
+    ("data.val_fraction=1", "data.val_fraction", "[0, 1)"),
+    ("head.label_smoothing=1.5", "head.label_smoothing", "[0, 1)"),
     ("data.fraction=0", "data.fraction", "(0, 1]"),
     ("data.fraction=1.5", "data.fraction", "(0, 1]"),
     ("data.batch_size=0", "data.batch_size", ">= 1"),
