@@ -74,7 +74,7 @@ class HeadConfig:
         checks.choice("head.answer_vocab", self.answer_vocab, ANSWER_VOCABS)
         checks.positive("head.hidden_mult", self.hidden_mult, "MLP hidden width = hidden_mult x pooled width")
         checks.choice("head.pool", self.pool, POOLS)
-        checks.in_range("head.label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=False,
+        checks.in_range("head.label_smoothing", self.label_smoothing, 0.0, 1.0,
                         note="the share of the cross-entropy target spread over all classes")
         checks.choice("head.image_mode", self.image_mode, IMAGE_MODES)
         checks.at_least("head.rerank_k", self.rerank_k, 0, "0 = off")
