@@ -80,6 +80,30 @@ def test_parameter_groups(task, micro_config) -> None:
     assert by_id[id(named["model.vision.blocks.0.norm1.weight"])]["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("text_lr_mult", [1.0, 0.1, 0.0])
+def test_text_encoder_learns_at_its_own_rate(task, micro_config, text_lr_mult) -> None:
+    """optim.text_lr_mult scales the text encoder's rate (a head stays a head); at 1 the groups are exactly
+    those without it, so earlier checkpoints' optimizer states still line up."""
+    from mpma.pipelines.pretraining import pretrain_parameter_groups
+
+    config = micro_config("optim.lr=0.001", "optim.head_lr_mult=5", f"optim.text_lr_mult={text_lr_mult}")
+    groups = pretrain_parameter_groups(task, config)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    heads = {f"model.{n}" for n in task.model.head_parameter_names()}
+    named = dict(task.named_parameters())
+    assert len(by_id) == len(named)
+    text = [n for n in named if n.startswith("model.text.")]
+    assert text and not set(text) & heads
+    for name, param in named.items():
+        expected = 0.005 if name in heads else 0.001 * text_lr_mult if name.startswith("model.text.") else 0.001
+        assert by_id[id(param)]["lr"] == by_id[id(param)]["base_lr"] == pytest.approx(expected), name
+    if text_lr_mult == 1.0:
+        assert [[id(p) for p in g["params"]] for g in groups] == [[id(p) for p in g["params"]]
+                                                                  for g in _groups(task, config.optim)]
+    else:
+        assert len(groups) == len(_groups(task, config.optim)) + 2  # text encoder: decay and no-decay groups
+
+
 def _trainer(task, config, run_dir: Path) -> Trainer:
     return Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, run_dir, DistEnv())
 

@@ -334,6 +334,23 @@ def test_fused_classifier_boosts_only_its_new_classifier(micro_config):
     assert any(name.startswith("backbone.fusion.") for name, _ in module.named_parameters())
 
 
+@pytest.mark.slow
+def test_fine_tuning_with_text_lr_mult_0_keeps_the_pretrained_text_encoder(tmp_path, pretrained_run):
+    """optim.text_lr_mult reaches fine-tuning: at 0 the text encoder leaves training exactly as it came
+    from the pre-trained run while the fusion learns."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "vqa"
+    assert main(["finetune", "vqa", "--init", str(pretrained_run), "--out", str(out), "--no-progress", *SMALL_DATA,
+                 "optim.text_lr_mult=0", "optim.weight_decay=0.1", "keep=last"]) == 0
+    start = load_file(next((pretrained_run / "checkpoints").iterdir()) / "model.safetensors")
+    tuned = {k.removeprefix("backbone."): v for k, v in load_file(out / "best" / "model.safetensors").items()}
+    text = [k for k in start if k.startswith("text.")]
+    assert text and all(torch.equal(start[k], tuned[k]) for k in text)
+    fusion = [k for k in start if k.startswith("fusion.layers.0.text_stream.") and k.endswith(".weight")]
+    assert fusion and not any(torch.equal(start[k], tuned[k]) for k in fusion)
+
+
 def test_label_smoothing_spreads_the_cross_entropy_target(micro_config):
     """head.label_smoothing reaches the VQA module: loss = (1 - e) * CE + e * mean over classes of -log p."""
     from mpma.config import FinetuneConfig

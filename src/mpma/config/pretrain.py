@@ -267,6 +267,9 @@ class OptimConfig:
 
     lr: float = 1e-4
     head_lr_mult: float = 5.0  # learning-rate multiplier for fusion and heads (M3AE: 5)
+    # learning-rate multiplier for the text encoder: below 1 for a pre-trained one (text.init), so that the
+    # new heads' first gradients do not wash out what it knows; 0 freezes it
+    text_lr_mult: float = 1.0
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.98
@@ -280,6 +283,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         checks.at_least("optim.lr", self.lr, 0, "0 freezes the weights (an evaluation-only baseline)")
         checks.positive("optim.head_lr_mult", self.head_lr_mult)
+        checks.at_least("optim.text_lr_mult", self.text_lr_mult, 0, "0 freezes the text encoder")
         checks.at_least("optim.weight_decay", self.weight_decay, 0)
         checks.in_range("optim.beta1", self.beta1, 0.0, 1.0)
         checks.in_range("optim.beta2", self.beta2, 0.0, 1.0)

@@ -46,25 +46,32 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 def parameter_groups(
-    module: nn.Module, optim: OptimConfig, head_names: set[str], no_decay_names: set[str]
+    module: nn.Module, optim: OptimConfig, head_names: set[str], no_decay_names: set[str],
+    text_names: set[str] = frozenset(),
 ) -> list[dict]:
-    """AdamW groups: {backbone, head} x {decay, no decay}; biases, norms and 1-d tensors get no decay.
+    """AdamW groups: {backbone, head, text encoder} x {decay, no decay}; biases, norms and 1-d tensors get
+    no decay. The text encoder has groups of its own only when ``optim.text_lr_mult`` is not 1 (so the
+    groups, and the optimizer state of a checkpoint, are those of earlier runs when it is).
 
     Args:
         module: the module whose parameters are optimised (names as in ``named_parameters``).
         head_names: parameter names trained at ``lr * head_lr_mult``.
         no_decay_names: extra parameter names exempt from weight decay.
+        text_names: the text encoder's parameter names, trained at ``lr * text_lr_mult`` (a head name
+            among them stays a head).
     """
-    groups: dict[tuple[bool, bool], list] = {}
+    separate_text = optim.text_lr_mult != 1.0
+    multiplier = {0: 1.0, 1: optim.head_lr_mult, 2: optim.text_lr_mult}  # backbone, head, text encoder
+    groups: dict[tuple[int, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = name in head_names
+        kind = 1 if name in head_names else 2 if separate_text and name in text_names else 0
         decay = param.ndim >= 2 and name not in no_decay_names
-        groups.setdefault((is_head, decay), []).append(param)
+        groups.setdefault((kind, decay), []).append(param)
     result = []
-    for (is_head, decay), params in sorted(groups.items()):
-        lr = optim.lr * (optim.head_lr_mult if is_head else 1.0)
+    for (kind, decay), params in sorted(groups.items()):
+        lr = optim.lr * multiplier[kind]
         result.append({"params": params, "lr": lr, "base_lr": lr, "weight_decay": optim.weight_decay if decay else 0.0})
     return result
 

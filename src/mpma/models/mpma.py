@@ -250,6 +250,10 @@ class MPMAModel(nn.Module):
         return {n for n, _ in self.named_parameters() if n.endswith(("pos_embed", "cls_token", "mask_token",
                                                                       "type_embed", "memory", "log_inv_temperature"))}
 
+    def text_parameter_names(self) -> set[str]:
+        """The text encoder's parameters, trained with ``optim.text_lr_mult``."""
+        return {n for n, _ in self.named_parameters() if n.startswith("text.")}
+
     def head_parameter_names(self) -> set[str]:
         """Parameters trained with ``optim.head_lr_mult``: fusion and every head (M3AE's 5x rule)."""
         prefixes = ("fusion.", "align.", "mlm_head.", "mim_decoder.", "itm_head.")

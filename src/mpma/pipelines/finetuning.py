@@ -219,7 +219,8 @@ def _train(run: FinetuneRun, run_dir: Path, env, sampler, progress: bool) -> dic
         distributed.barrier()
     groups = parameter_groups(module, config.optim, module.head_parameter_names(),
                               {n for n, _ in module.named_parameters() if n.startswith("backbone.")
-                               and n.removeprefix("backbone.") in run.backbone.no_weight_decay()})
+                               and n.removeprefix("backbone.") in run.backbone.no_weight_decay()},
+                              {f"backbone.{n}" for n in run.backbone.text_parameter_names()})
     trainer = Trainer(module, {k: 1.0 for k in run.task.loss_names(config)}, groups, config.optim, config.run, run_dir, env,
                       on_checkpoint=end_of_epoch, write_model=lambda folder: run.save_model(folder, epochs),
                       on_log=tracker.log_record)

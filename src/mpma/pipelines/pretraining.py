@@ -317,12 +317,14 @@ def _unsharded_task(config: Config, tokenizer, run_dir: Path, env) -> PretrainTa
 
 
 def pretrain_parameter_groups(task: PretrainTask, config: Config) -> list[dict]:
-    """The AdamW groups of a pre-training run: fusion/heads at ``optim.lr * optim.head_lr_mult``, no
+    """The AdamW groups of a pre-training run: fusion/heads at ``optim.lr * optim.head_lr_mult``, the text
+    encoder at ``optim.lr * optim.text_lr_mult``, no
     weight decay on biases, norms and the model's ``no_weight_decay`` names (also used by
     benchmarks/pretrain_step.py, so that it times the optimizer a run uses)."""
     model = task.model
     return parameter_groups(task, config.optim, {f"model.{n}" for n in model.head_parameter_names()},
-                            {f"model.{n}" for n in model.no_weight_decay()})
+                            {f"model.{n}" for n in model.no_weight_decay()},
+                            {f"model.{n}" for n in model.text_parameter_names()})
 
 
 def warn_sparse_grounding(config: Config) -> None:
