@@ -60,13 +60,15 @@ def parameter_groups(
         text_names: the text encoder's parameter names, trained at ``lr * text_lr_mult`` (a head name
             among them stays a head).
     """
+    # group order: backbone, head, text encoder (the order of earlier runs' groups first)
+    backbone, head, text = 0, 1, 2
+    multiplier = {backbone: 1.0, head: optim.head_lr_mult, text: optim.text_lr_mult}
     separate_text = optim.text_lr_mult != 1.0
-    multiplier = {0: 1.0, 1: optim.head_lr_mult, 2: optim.text_lr_mult}  # backbone, head, text encoder
     groups: dict[tuple[int, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        kind = 1 if name in head_names else 2 if separate_text and name in text_names else 0
+        kind = head if name in head_names else text if separate_text and name in text_names else backbone
         decay = param.ndim >= 2 and name not in no_decay_names
         groups.setdefault((kind, decay), []).append(param)
     result = []
