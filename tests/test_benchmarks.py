@@ -125,6 +125,33 @@ def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp
     assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
 
 
+def test_real_vqa_minilm_ablation_rows_change_one_weight_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
+    import json
+
+    real_vqa = _script("real_vqa")
+    calls = []
+    monkeypatch.setattr(real_vqa, "mpma", _recording_mpma(calls, shuffled_overall=0.4))
+    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
+    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
+                                                                         "covid_cxr": tmp_path / "c.jsonl"})
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        (tmp_path / "shared" / sub).mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
+                                     "--seeds", "1", "--rows", "mpma_minilm,mpma_minilm_no_local,mpma_minilm_weak_local"])
+    real_vqa.main()
+    pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
+    reference = pretrains["pretrain-mpma_minilm"]
+    for row, weight in (("mpma_minilm_no_local", "0"), ("mpma_minilm_weak_local", "0.1")):
+        command = pretrains[f"pretrain-{row}"]
+        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus the one weight
+        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"),
+                                                 f"objectives.local_align={weight}"}
+        assert set(reference) - set(command) == {str(tmp_path / "out" / "pretrain-mpma_minilm")}
+    report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
+    assert set(report["vqa_rad"]) == {"mpma_minilm", "mpma_minilm_no_local", "mpma_minilm_weak_local"}
+    assert not set(real_vqa.MINILM_ABLATION_ROWS) & set(real_vqa.ROWS)
+
+
 def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text):
     preset = tmp_path / "micro.yaml"
     preset.write_text(micro_preset_text)
