@@ -17,8 +17,8 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA without GLA-local / GLA-global / the
    memory, same data and steps), and ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm``
    without GLA-local / with ``objectives.local_align=0.1``). Every test score is also taken with the test
-   images shuffled among the questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol
-   (10% of the train images held out for validation).
+   images shuffled among the questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1``
+   gives the earlier protocol (10% of the train images held out for validation).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
 ``--results``, the same JSON to ``docs/results/real_vqa.json``; prints a markdown table and the wall time.
