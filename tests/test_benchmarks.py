@@ -36,6 +36,24 @@ def _recording_mpma(calls: list, shuffled_overall: float):
     return fake_mpma
 
 
+def _run_real_vqa(tmp_path: Path, monkeypatch, *args: str):
+    """Run ``benchmarks/real_vqa.py --shared ... --out tmp_path/out ARGS`` with the mpma command line stubbed
+    (``_recording_mpma``), the data preparation skipped and MiniLM "installed" at ``tmp_path/minilm``.
+    Returns the script module and the recorded command lines."""
+    real_vqa = _script("real_vqa")
+    calls = []
+    monkeypatch.setattr(real_vqa, "mpma", _recording_mpma(calls, shuffled_overall=0.4))
+    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
+    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
+                                                                         "covid_cxr": tmp_path / "c.jsonl"})
+    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
+        (tmp_path / "shared" / sub).mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
+                                     *args])
+    real_vqa.main()
+    return real_vqa, calls
+
+
 def test_mlm_image_dependence_masks_one_content_word_per_report(micro_run):
     result = _script("mlm_image_dependence").masked_word_accuracy(str(micro_run), n=24, batch_size=8)
     assert 20 <= result["masked words"] <= 24  # normal reports still name "no ..." words
@@ -62,18 +80,7 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     and the JSON shape of issue 11. The mpma command line is stubbed: only the plan is tested."""
     import json
 
-    real_vqa = _script("real_vqa")
-    calls = []
-    fake_mpma = _recording_mpma(calls, shuffled_overall=0.4)
-    monkeypatch.setattr(real_vqa, "mpma", fake_mpma)
-    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
-    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
-                                                                         "covid_cxr": tmp_path / "c.jsonl"})
-    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
-        (tmp_path / "shared" / sub).mkdir(parents=True)
-    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
-                                     "--seeds", "2"])
-    real_vqa.main()
+    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "2")
     steps = {Path(c[c.index("--out") + 1]).name: next(a for a in c if a.startswith("optim.steps="))
              for c in calls if c[0] == "pretrain"}
     assert steps == {"pretrain-mpma": "optim.steps=4000", "pretrain-m3ae_style": "optim.steps=4000",
@@ -103,16 +110,8 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
 
 
 def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp_path, monkeypatch):
-    real_vqa = _script("real_vqa")
-    calls = []
-    monkeypatch.setattr(real_vqa, "mpma", _recording_mpma(calls, shuffled_overall=0.4))
-    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
-                                                                         "covid_cxr": tmp_path / "c.jsonl"})
-    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
-        (tmp_path / "shared" / sub).mkdir(parents=True)
-    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
-                                     "--seeds", "1", "--rows", "mpma,mpma_no_local,mpma_no_global,mpma_no_memory"])
-    real_vqa.main()
+    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows",
+                                    "mpma,mpma_no_local,mpma_no_global,mpma_no_memory")
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
     assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_global",
                               "pretrain-mpma_no_memory"}
@@ -128,17 +127,8 @@ def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp
 def test_real_vqa_minilm_ablation_rows_change_one_weight_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
     import json
 
-    real_vqa = _script("real_vqa")
-    calls = []
-    monkeypatch.setattr(real_vqa, "mpma", _recording_mpma(calls, shuffled_overall=0.4))
-    monkeypatch.setattr(real_vqa, "minilm_path", lambda: str(tmp_path / "minilm"))
-    monkeypatch.setattr(real_vqa, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
-                                                                         "covid_cxr": tmp_path / "c.jsonl"})
-    for sub in ("medpix", "covid_cxr", "roco", "vqa_rad"):
-        (tmp_path / "shared" / sub).mkdir(parents=True)
-    monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path / "shared"), "--out", str(tmp_path / "out"),
-                                     "--seeds", "1", "--rows", "mpma_minilm,mpma_minilm_no_local,mpma_minilm_weak_local"])
-    real_vqa.main()
+    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows",
+                                    "mpma_minilm,mpma_minilm_no_local,mpma_minilm_weak_local")
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
     reference = pretrains["pretrain-mpma_minilm"]
     for row, weight in (("mpma_minilm_no_local", "0"), ("mpma_minilm_weak_local", "0.1")):
