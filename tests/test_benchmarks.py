@@ -124,21 +124,22 @@ def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp
     assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
 
 
-def test_real_vqa_minilm_ablation_rows_change_one_weight_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
+def test_real_vqa_minilm_ablation_rows_change_one_setting_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
     import json
 
-    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows",
-                                    "mpma_minilm,mpma_minilm_no_local,mpma_minilm_weak_local")
+    changes = {"mpma_minilm_no_local": "objectives.local_align=0", "mpma_minilm_weak_local": "objectives.local_align=0.1",
+               "mpma_minilm_full_view": "vision.align_mask_ratio=0"}
+    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows", ",".join(["mpma_minilm", *changes]))
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
     reference = pretrains["pretrain-mpma_minilm"]
-    for row, weight in (("mpma_minilm_no_local", "0"), ("mpma_minilm_weak_local", "0.1")):
+    for row, change in changes.items():
         command = pretrains[f"pretrain-{row}"]
-        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus the one weight
-        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"),
-                                                 f"objectives.local_align={weight}"}
+        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus the one setting
+        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"), change}
         assert set(reference) - set(command) == {str(tmp_path / "out" / "pretrain-mpma_minilm")}
     report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
-    assert set(report["vqa_rad"]) == {"mpma_minilm", "mpma_minilm_no_local", "mpma_minilm_weak_local"}
+    assert set(report["vqa_rad"]) == {"mpma_minilm", *changes}
+    assert set(changes) == set(real_vqa.MINILM_ABLATION_ROWS)
     assert not set(real_vqa.MINILM_ABLATION_ROWS) & set(real_vqa.ROWS)
 
 
