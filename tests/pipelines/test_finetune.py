@@ -225,15 +225,57 @@ def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path,
     assert sorted(map(repr, (e["image"] for e in seen))) == sorted(map(repr, (e["image"] for e in original)))
 
 
+def test_blank_text_collate_keeps_only_the_special_tokens_and_the_images(tmp_path, micro_preset):
+    """An image-only model: every question encodes to [CLS] [SEP] and padding; images and answers stay."""
+    from mpma.config import FinetuneConfig, load_config
+    from mpma.data.collate import TaskCollator
+    from mpma.pipelines.finetuning import FinetuneRun
+
+    config = load_config(None, [f"preset={micro_preset}", *SMALL_DATA], cls=FinetuneConfig)
+    run = FinetuneRun(config, torch.device("cpu"))
+    examples = run.data.splits["test"][:4]
+    batch = run.collate(examples)
+    blank = TaskCollator(run.tokenizer, 16, run.collate.images, reads_image=True, text_fields=("question",),
+                         target="answer", classes=run.classes, soft_targets=run.collate.soft_targets,
+                         blank_text=True)(examples)
+    special = {run.tokenizer.cls_token_id, run.tokenizer.sep_token_id}
+    assert blank["attention_mask"].sum(dim=1).tolist() == [2] * len(examples)
+    assert all(set(row[mask.bool()].tolist()) == special for row, mask in zip(blank["input_ids"], blank["attention_mask"]))
+    assert batch["attention_mask"].sum(dim=1).min() > 2  # the questions themselves are longer
+    assert torch.equal(blank["images"], batch["images"]) and torch.equal(blank["targets"], batch["targets"])
+
+
+def test_blanking_both_inputs_is_a_config_error():
+    from mpma.config import ConfigError, FinetuneConfig, load_config
+
+    with pytest.raises(ConfigError, match="nothing to read"):
+        load_config(None, ["data.blank_images=true", "data.blank_text=true"], cls=FinetuneConfig)
+
+
+def test_blank_text_on_a_task_without_text_is_a_clear_error(tmp_path, micro_preset):
+    from mpma.config import ConfigError, FinetuneConfig, load_config
+    from mpma.pipelines.finetuning import FinetuneRun
+
+    config = load_config(None, [f"preset={micro_preset}", "task=img_cls", "data.blank_text=true", *SMALL_DATA],
+                         cls=FinetuneConfig)
+    with pytest.raises(ConfigError, match="img_cls.*reads no text"):
+        FinetuneRun(config, torch.device("cpu"))
+
+
 @pytest.mark.slow
-def test_question_only_run_skips_the_shuffled_score_and_an_image_run_records_it(tmp_path, micro_preset):
-    image_run, blank_run = tmp_path / "image", tmp_path / "blank"
+def test_question_only_run_skips_the_shuffled_score_and_image_runs_record_it(tmp_path, micro_preset):
+    image_run, blank_run, image_only_run = tmp_path / "image", tmp_path / "blank", tmp_path / "image_only"
     assert main(["finetune", "vqa", "--out", str(image_run), "--no-progress", f"preset={micro_preset}", *SMALL_DATA]) == 0
     assert main(["finetune", "vqa", "--out", str(blank_run), "--no-progress", f"preset={micro_preset}", *SMALL_DATA,
                  "data.blank_images=true"]) == 0
+    assert main(["finetune", "vqa", "--out", str(image_only_run), "--no-progress", f"preset={micro_preset}",
+                 *SMALL_DATA, "data.blank_text=true"]) == 0
     with_images = json.loads((image_run / "metrics.json").read_text())
     assert set(with_images["test_shuffled_images"]) >= {"overall", "open", "closed"}
     assert "test_shuffled_images" not in json.loads((blank_run / "metrics.json").read_text())
+    image_only = json.loads((image_only_run / "metrics.json").read_text())
+    assert set(image_only["test_shuffled_images"]) >= {"overall", "open", "closed"}
+    assert json.loads((image_only_run / "config.json").read_text())["data"]["blank_text"] is True
 
 
 @pytest.mark.parametrize("keep", ["best_val", "last"])

@@ -35,6 +35,7 @@ class TaskDataConfig:
     seed: int = 0
     augment: bool = False  # training images: seeded random resized crop (no flip); val/test never
     blank_images: bool = False  # every image replaced by a blank one: a question/text-only model (a floor)
+    blank_text: bool = False  # every text (question, caption) replaced by an empty one: an image-only model
     # examples whose image fails to load are left out and listed in the run's rejects.jsonl; the run
     # stops when more than this share of the examples is bad (mpma.data.bad_records)
     max_bad_fraction: float = 0.001
@@ -51,6 +52,9 @@ class TaskDataConfig:
         checks.at_least("data.seed", self.seed, 0)
         checks.in_range("data.max_bad_fraction", self.max_bad_fraction, 0.0, 1.0,
                         note="the share of examples that may fail to load before the run stops")
+        if self.blank_images and self.blank_text:
+            raise ConfigError("data.blank_images=true with data.blank_text=true leaves the model nothing to read; "
+                              "set one of them (the no-image or the no-text floor)")
 
 
 @dataclass

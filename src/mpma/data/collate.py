@@ -139,11 +139,14 @@ class TaskCollator:
         soft_targets: answer targets as (B, A) scores (BCE) instead of (B,) indices (CE).
         blank_images: every image is the blank (all-zero, i.e. mean-grey after normalisation) image,
             so a model sees the text alone: the no-image floor of a task.
+        blank_text: every text (and sentence pair) is the empty string, so the encoded text is the
+            special tokens alone and a model sees the image alone: the no-text floor of a task.
     """
 
     def __init__(self, tokenizer, max_length: int, images: ImageStore, *, reads_image: bool,
                  text_fields: tuple[str, ...], target: str | None, classes: list[str] | None = None,
-                 multi_label: bool = False, soft_targets: bool = False, blank_images: bool = False) -> None:
+                 multi_label: bool = False, soft_targets: bool = False, blank_images: bool = False,
+                 blank_text: bool = False) -> None:
         if target is not None and target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS} or None, got {target!r}")
         self.tokenizer = tokenizer
@@ -157,6 +160,7 @@ class TaskCollator:
         self.multi_label = multi_label
         self.soft_targets = soft_targets
         self.blank_images = blank_images
+        self.blank_text = blank_text
 
     def _texts(self, examples: list[dict]) -> tuple[list[str], list[str] | None]:
         first, *rest = self.text_fields
@@ -175,6 +179,8 @@ class TaskCollator:
                 batch["images"] = torch.zeros_like(batch["images"])
         if self.text_fields:
             texts, pairs = self._texts(examples)
+            if self.blank_text:
+                texts, pairs = [""] * len(texts), None if pairs is None else [""] * len(pairs)
             encoded = tokenize(self.tokenizer, texts, self.max_length, pairs)
             batch["input_ids"], batch["attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
         if self.target == "key":

@@ -88,6 +88,10 @@ class FinetuneRun:
         self.config = config
         self.device = device
         self.task = get_task(config.task)
+        if config.data.blank_text and not self.task.text_fields:
+            raise ConfigError(f"data.blank_text=true: task {self.task.name!r} reads no text to blank; drop the override")
+        if config.data.blank_images and not self.task.reads_image:
+            raise ConfigError(f"data.blank_images=true: task {self.task.name!r} reads no image to blank; drop the override")
         pretrained = None
         if config.init == "scratch":
             self.backbone_config = load_config(config.preset)
@@ -113,7 +117,7 @@ class FinetuneRun:
         self.collate = TaskCollator(self.tokenizer, self.max_length, images, reads_image=self.task.reads_image,
                                     text_fields=self.task.text_fields, target=self.task.target, classes=self.classes,
                                     multi_label=self.multi_label, soft_targets=self.task.soft_targets(config),
-                                    blank_images=config.data.blank_images)
+                                    blank_images=config.data.blank_images, blank_text=config.data.blank_text)
         if config.head.label_smoothing and (not self.task.smooths_labels or self.task.soft_targets(config)):
             raise ConfigError(f"head.label_smoothing={config.head.label_smoothing}: task {self.task.name!r} has no "
                               "single-label cross-entropy loss to smooth (vqa with head.vqa_loss=ce, or mm_cls); "
