@@ -14,11 +14,11 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``image_only`` (empty
    questions), ``scratch``, ``mpma``, ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM
    rows' own floors ``question_only_minilm`` and ``scratch_minilm`` (the same MiniLM text encoder, no
-   image-text pre-training); with ``--rows`` also
-   ``mpma_no_local``, ``mpma_no_global``, ``mpma_no_memory`` and ``mpma_full_view`` (MPMA without GLA-local /
-   GLA-global / the memory, and with GLA on an unmasked second view of the image: ``vision.align_mask_ratio=0``;
-   same data and steps), and ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm`` without
-   GLA-local / with ``objectives.local_align=0.1``), ``mpma_minilm_full_view`` (the unmasked view) and
+   image-text pre-training); with ``--rows`` also ``mpma_no_local``, ``mpma_no_global``, ``mpma_no_memory``
+   and ``mpma_full_view`` (MPMA without GLA-local / GLA-global / the memory, and with GLA on an unmasked
+   second view of the image: ``vision.align_mask_ratio=0``; same data and steps), and
+   ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm`` without GLA-local / with
+   ``objectives.local_align=0.1``), ``mpma_minilm_full_view`` (the unmasked view) and
    ``mpma_minilm_full_view_no_memory`` (that, with ``fusion.memory_slots=0``). Every test score is also
    taken with the test images shuffled among the questions (``shuffled_overall``).
    ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol (10% of the train images held
@@ -43,8 +43,8 @@ from pathlib import Path
 ROWS = ("question_only", "image_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_style_minilm",
         "question_only_minilm", "scratch_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
-# section 6); run only when named in --rows
-# (and mpma_full_view: GLA on an unmasked second view of the image, vision.align_mask_ratio=0)
+# section 6), and MPMA with GLA on an unmasked second view of the image (vision.align_mask_ratio=0); run only
+# when named in --rows
 ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory", "mpma_full_view")
 # the same for the MiniLM rows: MPMA without GLA-local, with GLA-local at a fifth of its weight (0.1 against
 # tiny_real's 0.5), and with GLA (global and local) reading a second, unmasked view of the image instead of the
@@ -53,9 +53,9 @@ ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory", "mpma_full
 MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_weak_local", "mpma_minilm_full_view",
                         "mpma_minilm_full_view_no_memory")
 # pre-training run behind each row (None: a fine-tune from scratch)
-ROW_PRETRAIN = {"question_only": None, "image_only": None, "scratch": None, "mpma": "mpma", "m3ae_style": "m3ae_style",
-                "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm", "question_only_minilm": None,
-                "scratch_minilm": None,
+ROW_PRETRAIN = {"question_only": None, "image_only": None, "scratch": None, "mpma": "mpma",
+                "m3ae_style": "m3ae_style", "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm",
+                "question_only_minilm": None, "scratch_minilm": None,
                 **{row: row for row in ABLATION_ROWS + MINILM_ABLATION_ROWS}}
 # rows on blank images (a question-only model: the no-image floor of its text encoder)
 BLANK_IMAGE_ROWS = ("question_only", "question_only_minilm")

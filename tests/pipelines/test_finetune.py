@@ -192,17 +192,22 @@ def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
 # ----------------------------------------------------------------------------- image-use checks
 
 
-def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path, micro_preset):
-    """A question-only model sees all-zero images; the shuffled test score differs from the plain one
-    only through the images (each example keeps its question and answer)."""
-    from mpma.config import load_config
-    from mpma.data.collate import TaskCollator
-    from mpma.config import FinetuneConfig
+def _micro_vqa_run(micro_preset):
+    """A micro VQA fine-tuning run (not trained) and four of its test examples."""
+    from mpma.config import FinetuneConfig, load_config
     from mpma.pipelines.finetuning import FinetuneRun
 
     config = load_config(None, [f"preset={micro_preset}", *SMALL_DATA], cls=FinetuneConfig)
     run = FinetuneRun(config, torch.device("cpu"))
-    examples = run.data.splits["test"][:4]
+    return run, run.data.splits["test"][:4]
+
+
+def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path, micro_preset):
+    """A question-only model sees all-zero images; the shuffled test score differs from the plain one
+    only through the images (each example keeps its question and answer)."""
+    from mpma.data.collate import TaskCollator
+
+    run, examples = _micro_vqa_run(micro_preset)
     batch = run.collate(examples)
     assert batch["images"].abs().sum() > 0
     blank = TaskCollator(run.tokenizer, 16, run.collate.images, reads_image=True, text_fields=("question",),
@@ -227,13 +232,9 @@ def test_blank_images_collate_zeros_and_shuffled_eval_reassigns_images(tmp_path,
 
 def test_blank_text_collate_keeps_only_the_special_tokens_and_the_images(tmp_path, micro_preset):
     """An image-only model: every question encodes to [CLS] [SEP] and padding; images and answers stay."""
-    from mpma.config import FinetuneConfig, load_config
     from mpma.data.collate import TaskCollator
-    from mpma.pipelines.finetuning import FinetuneRun
 
-    config = load_config(None, [f"preset={micro_preset}", *SMALL_DATA], cls=FinetuneConfig)
-    run = FinetuneRun(config, torch.device("cpu"))
-    examples = run.data.splits["test"][:4]
+    run, examples = _micro_vqa_run(micro_preset)
     batch = run.collate(examples)
     blank = TaskCollator(run.tokenizer, 16, run.collate.images, reads_image=True, text_fields=("question",),
                          target="answer", classes=run.classes, soft_targets=run.collate.soft_targets,
@@ -252,13 +253,14 @@ def test_blanking_both_inputs_is_a_config_error():
         load_config(None, ["data.blank_images=true", "data.blank_text=true"], cls=FinetuneConfig)
 
 
-def test_blank_text_on_a_task_without_text_is_a_clear_error(tmp_path, micro_preset):
+@pytest.mark.parametrize("task, blank, message", [("img_cls", "data.blank_text=true", "img_cls.*reads no text"),
+                                                   ("txt_cls", "data.blank_images=true", "txt_cls.*reads no image")])
+def test_blanking_an_input_the_task_does_not_read_is_a_clear_error(micro_preset, task, blank, message):
     from mpma.config import ConfigError, FinetuneConfig, load_config
     from mpma.pipelines.finetuning import FinetuneRun
 
-    config = load_config(None, [f"preset={micro_preset}", "task=img_cls", "data.blank_text=true", *SMALL_DATA],
-                         cls=FinetuneConfig)
-    with pytest.raises(ConfigError, match="img_cls.*reads no text"):
+    config = load_config(None, [f"preset={micro_preset}", f"task={task}", blank, *SMALL_DATA], cls=FinetuneConfig)
+    with pytest.raises(ConfigError, match=message):
         FinetuneRun(config, torch.device("cpu"))
 
 

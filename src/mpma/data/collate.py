@@ -180,7 +180,8 @@ class TaskCollator:
         if self.text_fields:
             texts, pairs = self._texts(examples)
             if self.blank_text:
-                texts, pairs = [""] * len(texts), None if pairs is None else [""] * len(pairs)
+                texts = [""] * len(texts)
+                pairs = pairs and [""] * len(pairs)
             encoded = tokenize(self.tokenizer, texts, self.max_length, pairs)
             batch["input_ids"], batch["attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
         if self.target == "key":
