@@ -14,13 +14,15 @@ Steps, each through the ``mpma`` command line exactly as a user would type it:
    one tested), ``--seeds`` seeds per row: ``question_only`` (blank images), ``image_only`` (empty
    questions), ``scratch``, ``mpma``, ``m3ae_style``, ``mpma_minilm``, ``m3ae_style_minilm``, and the MiniLM
    rows' own floors ``question_only_minilm`` and ``scratch_minilm`` (the same MiniLM text encoder, no
-   image-text pre-training); with ``--rows`` also ``mpma_no_local``, ``mpma_no_global``, ``mpma_no_memory``
-   and ``mpma_full_view`` (MPMA without GLA-local / GLA-global / the memory, and with GLA on an unmasked
-   second view of the image: ``vision.align_mask_ratio=0``; same data and steps), and
-   ``mpma_minilm_no_local`` / ``mpma_minilm_weak_local`` (``mpma_minilm`` without GLA-local / with
-   ``objectives.local_align=0.1``), ``mpma_minilm_full_view`` (the unmasked view) and
-   ``mpma_minilm_full_view_no_memory`` (that, with ``fusion.memory_slots=0``). Every test score is also
-   taken with the test images shuffled among the questions (``shuffled_overall``).
+   image-text pre-training). ``tiny_real`` lets GLA read a second, unmasked view of each image while MLM
+   and MIM share the half-masked pass (``vision.align_mask_ratio: 0``). With ``--rows`` also the
+   ablations on the same data and steps: ``mpma_no_local``, ``mpma_no_global``, ``mpma_no_memory`` (MPMA
+   without GLA-local / GLA-global / the memory), ``mpma_masked_view`` (GLA on the half-masked pass, as
+   DESIGN first defined it: ``vision.align_mask_ratio=null``) and ``mpma_masked_view_no_local``; and
+   ``mpma_minilm_no_local``, ``mpma_minilm_no_memory``, ``mpma_minilm_masked_view``,
+   ``mpma_minilm_masked_view_no_local`` and ``mpma_minilm_masked_view_weak_local``
+   (``objectives.local_align=0.1``). Every test score is also taken with the test images shuffled among
+   the questions (``shuffled_overall``).
    ``--finetune-override data.val_fraction=0.1`` gives the earlier protocol (10% of the train images held
    out for validation).
 
@@ -43,15 +45,15 @@ from pathlib import Path
 ROWS = ("question_only", "image_only", "scratch", "mpma", "m3ae_style", "mpma_minilm", "m3ae_style_minilm",
         "question_only_minilm", "scratch_minilm")
 # MPMA minus one part on the same data and budget (the real-data half of the ablation in docs/RESULTS.md
-# section 6), and MPMA with GLA on an unmasked second view of the image (vision.align_mask_ratio=0); run only
-# when named in --rows
-ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory", "mpma_full_view")
-# the same for the MiniLM rows: MPMA without GLA-local, with GLA-local at a fifth of its weight (0.1 against
-# tiny_real's 0.5), and with GLA (global and local) reading a second, unmasked view of the image instead of the
-# half-masked pass MLM and MIM share (vision.align_mask_ratio=0), and that full view without the memory
-# (fusion.memory_slots=0); same data, text rate and 1,000 steps as mpma_minilm; run only when named in --rows
-MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_weak_local", "mpma_minilm_full_view",
-                        "mpma_minilm_full_view_no_memory")
+# section 6), and MPMA as DESIGN first defined it, GLA reading the half-masked pass MLM and MIM share
+# (vision.align_mask_ratio=null; tiny_real gives GLA a second, unmasked view), with and without GLA-local;
+# run only when named in --rows
+ABLATION_ROWS = ("mpma_no_local", "mpma_no_global", "mpma_no_memory", "mpma_masked_view", "mpma_masked_view_no_local")
+# the same for the MiniLM rows: MPMA without GLA-local, without the memory, and on the half-masked pass: as is,
+# without GLA-local, and with GLA-local at a fifth of its weight (0.1 against tiny_real's 0.5); same data, text
+# rate and 1,000 steps as mpma_minilm; run only when named in --rows
+MINILM_ABLATION_ROWS = ("mpma_minilm_no_local", "mpma_minilm_no_memory", "mpma_minilm_masked_view",
+                        "mpma_minilm_masked_view_no_local", "mpma_minilm_masked_view_weak_local")
 # pre-training run behind each row (None: a fine-tune from scratch)
 ROW_PRETRAIN = {"question_only": None, "image_only": None, "scratch": None, "mpma": "mpma",
                 "m3ae_style": "m3ae_style", "mpma_minilm": "mpma_minilm", "m3ae_style_minilm": "m3ae_style_minilm",
@@ -68,12 +70,15 @@ MINILM_PRETRAINS = ("mpma_minilm", "m3ae_style_minilm", *MINILM_ABLATION_ROWS)
 PRETRAIN_PRESET = {"mpma": "tiny_real", "m3ae_style": "tiny_real_m3ae", "mpma_minilm": "tiny_real",
                    "m3ae_style_minilm": "tiny_real_m3ae",
                    **{row: "tiny_real" for row in ABLATION_ROWS + MINILM_ABLATION_ROWS}}
+MASKED_VIEW = "vision.align_mask_ratio=null"  # GLA on the half-masked pass (one image pass per step)
 PRETRAIN_OVERRIDES = {"mpma_no_local": ["objectives.local_align=0"], "mpma_no_global": ["objectives.global_align=0"],
-                      "mpma_no_memory": ["fusion.memory_slots=0"], "mpma_minilm_no_local": ["objectives.local_align=0"],
-                      "mpma_minilm_weak_local": ["objectives.local_align=0.1"],
-                      "mpma_full_view": ["vision.align_mask_ratio=0"],
-                      "mpma_minilm_full_view": ["vision.align_mask_ratio=0"],
-                      "mpma_minilm_full_view_no_memory": ["vision.align_mask_ratio=0", "fusion.memory_slots=0"]}
+                      "mpma_no_memory": ["fusion.memory_slots=0"], "mpma_masked_view": [MASKED_VIEW],
+                      "mpma_masked_view_no_local": [MASKED_VIEW, "objectives.local_align=0"],
+                      "mpma_minilm_no_local": ["objectives.local_align=0"],
+                      "mpma_minilm_no_memory": ["fusion.memory_slots=0"],
+                      "mpma_minilm_masked_view": [MASKED_VIEW],
+                      "mpma_minilm_masked_view_no_local": [MASKED_VIEW, "objectives.local_align=0"],
+                      "mpma_minilm_masked_view_weak_local": [MASKED_VIEW, "objectives.local_align=0.1"]}
 # the MiniLM pre-training runs' own settings: the pre-trained text encoder learns at a tenth of the rate of
 # the new image encoder and heads (1,000 steps on medpix + covid_cxr, against 1: final MLM loss 5.00 against
 # 5.64, held-out retrieval R@1 4.2% both ways against 2.1% / 0.0%, chance 1.3%; 0, a frozen text encoder: 5.39,

@@ -22,14 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_vqa import ANCHORS, cpu_features, mean_sd, mpma, prepare_data  # noqa: E402
 
 
-def pretrain(manifests: dict[str, Path], shared: Path, out: Path, steps: int, every: int) -> Path:
+def pretrain(manifests: dict[str, Path], shared: Path, out: Path, steps: int, every: int,
+             extra: list[str] = ()) -> Path:
     run_dir = out / "pretrain-mpma"
     if not (run_dir / "summary.json").exists():
         corpora = [f"roco:{shared / 'roco' / 'data'}", f"vqa-rad:{shared / 'vqa_rad'}"]
         mpma("pretrain", "--config", "tiny_real", "--out", str(run_dir), "--no-progress",
              f"data.sources=[{manifests['medpix']}@3,{manifests['covid_cxr']}@1]", f"optim.steps={steps}",
              f"run.checkpoint_every={every}", "run.keep_checkpoints=0",
-             f"text.tokenizer_corpora=[{','.join(corpora)}]", log=out / "logs" / "pretrain-mpma.log")
+             f"text.tokenizer_corpora=[{','.join(corpora)}]", *extra, log=out / "logs" / "pretrain-mpma.log")
     return run_dir
 
 
@@ -62,11 +63,14 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000, help="a checkpoint (and a fine-tune) every N steps")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per row")
     parser.add_argument("--results", type=Path, help="also write the JSON here")
+    parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="added to the pre-training command, e.g. vision.align_mask_ratio=null (the setting "
+                             "of docs/results/real_vqa_budget.json, measured before tiny_real's unmasked GLA view)")
     args = parser.parse_args()
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifests = prepare_data(args.shared, args.out)
-    run_dir = pretrain(manifests, args.shared, args.out, args.steps, args.every)
+    run_dir = pretrain(manifests, args.shared, args.out, args.steps, args.every, args.pretrain_override)
     rows = {"scratch": None, **{f"mpma_step{s}": run_dir / "checkpoints" / f"step_{s:08d}"
                                  for s in range(args.every, args.steps + 1, args.every)}}
     results = {}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -19,7 +22,6 @@ def _recording_mpma(calls: list, shuffled_overall: float):
     """A stand-in for the benchmarks' ``mpma(*args, log=...)``: records each command line in ``calls`` and
     writes what the real command leaves behind (a pre-training summary.json, a fine-tune's metrics.json
     with test 50 / 30 / 60 % and ``shuffled_overall`` with shuffled images)."""
-    import json
 
     def fake_mpma(*args, log):
         calls.append(args)
@@ -61,7 +63,6 @@ def test_mlm_image_dependence_masks_one_content_word_per_report(micro_run):
 
 
 def test_real_vqa_summarises_seeds_and_refuses_a_missing_shared_folder(tmp_path, monkeypatch, capsys):
-    import pytest
 
     real_vqa = _script("real_vqa")
     assert real_vqa.mean_sd([40.0, 50.0, 60.0]) == {"mean": 50.0, "sd": 10.0, "values": [40.0, 50.0, 60.0]}
@@ -78,7 +79,6 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     """The one-command table: one pre-training per pre-trained row (4,000 steps for mpma / m3ae_style,
     --minilm-pretrain-steps for mpma_minilm), --seeds fine-tunes per row, question_only on blank images,
     and the JSON shape of issue 11. The mpma command line is stubbed: only the plan is tested."""
-    import json
 
     real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "2")
     steps = {Path(c[c.index("--out") + 1]).name: next(a for a in c if a.startswith("optim.steps="))
@@ -113,41 +113,41 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     assert report["pretrain_steps"] == 4000 and report["minilm_pretrain_steps"] == 1000 and report["wall_time_s"] >= 0
 
 
-def test_real_vqa_ablation_rows_pretrain_mpma_minus_one_part_only_when_asked(tmp_path, monkeypatch):
-    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows",
-                                    "mpma,mpma_no_local,mpma_no_global,mpma_no_memory,mpma_full_view")
+@pytest.mark.parametrize("reference, changes", [
+    ("mpma", {"mpma_no_local": {"objectives.local_align=0"}, "mpma_no_global": {"objectives.global_align=0"},
+              "mpma_no_memory": {"fusion.memory_slots=0"}, "mpma_masked_view": {"vision.align_mask_ratio=null"},
+              "mpma_masked_view_no_local": {"vision.align_mask_ratio=null", "objectives.local_align=0"}}),
+    ("mpma_minilm", {"mpma_minilm_no_local": {"objectives.local_align=0"},
+                     "mpma_minilm_no_memory": {"fusion.memory_slots=0"},
+                     "mpma_minilm_masked_view": {"vision.align_mask_ratio=null"},
+                     "mpma_minilm_masked_view_no_local": {"vision.align_mask_ratio=null", "objectives.local_align=0"},
+                     "mpma_minilm_masked_view_weak_local": {"vision.align_mask_ratio=null", "objectives.local_align=0.1"}}),
+], ids=["tiny", "minilm"])
+def test_real_vqa_ablation_rows_change_only_their_settings_of_the_reference_pretraining(tmp_path, monkeypatch,
+                                                                                        reference, changes):
+    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows", ",".join([reference, *changes]))
     pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
-    assert set(pretrains) == {"pretrain-mpma", "pretrain-mpma_no_local", "pretrain-mpma_no_global",
-                              "pretrain-mpma_no_memory", "pretrain-mpma_full_view"}
-    assert "objectives.local_align=0" in pretrains["pretrain-mpma_no_local"]
-    assert "objectives.global_align=0" in pretrains["pretrain-mpma_no_global"]
-    assert "fusion.memory_slots=0" in pretrains["pretrain-mpma_no_memory"]
-    assert "vision.align_mask_ratio=0" in pretrains["pretrain-mpma_full_view"]
-    assert not any(a.startswith(("objectives.", "fusion.")) for a in pretrains["pretrain-mpma"])
-    for call in pretrains.values():  # same data, steps and preset as the mpma row
-        assert "optim.steps=4000" in call and call[call.index("--config") + 1] == "tiny_real"
-    assert "mpma_no_local" not in real_vqa.ROWS  # the default table does not run them
-
-
-def test_real_vqa_minilm_ablation_rows_change_only_their_settings_of_the_mpma_minilm_pretraining(tmp_path, monkeypatch):
-    import json
-
-    changes = {"mpma_minilm_no_local": {"objectives.local_align=0"},
-               "mpma_minilm_weak_local": {"objectives.local_align=0.1"},
-               "mpma_minilm_full_view": {"vision.align_mask_ratio=0"},
-               "mpma_minilm_full_view_no_memory": {"vision.align_mask_ratio=0", "fusion.memory_slots=0"}}
-    real_vqa, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "1", "--rows", ",".join(["mpma_minilm", *changes]))
-    pretrains = {Path(c[c.index("--out") + 1]).name: c for c in calls if c[0] == "pretrain"}
-    reference = pretrains["pretrain-mpma_minilm"]
+    assert set(pretrains) == {f"pretrain-{row}" for row in (reference, *changes)}
+    reference_command = pretrains[f"pretrain-{reference}"]
+    assert reference_command[reference_command.index("--config") + 1] == "tiny_real"
+    assert not any(a.startswith(("objectives.", "fusion.", "vision.")) for a in reference_command)
     for row, change in changes.items():
         command = pretrains[f"pretrain-{row}"]
-        # everything of mpma_minilm (preset, data, MiniLM encoder, text rate, 1,000 steps) plus its settings
-        assert set(command) - set(reference) == {str(tmp_path / "out" / f"pretrain-{row}"), *change}
-        assert set(reference) - set(command) == {str(tmp_path / "out" / "pretrain-mpma_minilm")}
+        # everything of the reference row (preset, data, steps; MiniLM: encoder and text rate) plus its settings
+        assert set(command) - set(reference_command) == {str(tmp_path / "out" / f"pretrain-{row}"), *change}
+        assert set(reference_command) - set(command) == {str(tmp_path / "out" / f"pretrain-{reference}")}
     report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
-    assert set(report["vqa_rad"]) == {"mpma_minilm", *changes}
-    assert set(changes) == set(real_vqa.MINILM_ABLATION_ROWS)
-    assert not set(real_vqa.MINILM_ABLATION_ROWS) & set(real_vqa.ROWS)
+    assert set(report["vqa_rad"]) == {reference, *changes}
+    ablations = real_vqa.MINILM_ABLATION_ROWS if reference == "mpma_minilm" else real_vqa.ABLATION_ROWS
+    assert set(changes) == set(ablations)
+    assert not set(ablations) & set(real_vqa.ROWS)  # the default table does not run them
+
+
+def test_tiny_real_gives_gla_an_unmasked_view_and_the_masked_view_override_restores_the_shared_pass():
+    from mpma.config import load_config
+
+    assert load_config("tiny_real").vision.align_mask_ratio == 0.0
+    assert load_config("tiny_real", ["vision.align_mask_ratio=null"]).vision.align_mask_ratio is None
 
 
 def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text):
@@ -164,7 +164,6 @@ def test_vqa_fit_trains_every_path_of_a_micro_model(tmp_path, micro_preset_text)
 def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeypatch):
     """The budget curve: one pre-training run, a fine-tune per checkpoint (every --every steps) and
     from scratch, summarised per row. The mpma command line is stubbed: only the plan is tested."""
-    import json
 
     budget = _script("real_vqa_budget")  # it puts benchmarks/ on sys.path to share real_vqa's helpers
     calls = []
@@ -173,10 +172,12 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
     monkeypatch.setattr(budget, "prepare_data", lambda shared, out: {"medpix": tmp_path / "m.jsonl",
                                                                        "covid_cxr": tmp_path / "c.jsonl"})
     monkeypatch.setattr("sys.argv", ["real_vqa_budget.py", "--shared", str(tmp_path), "--out", str(tmp_path / "out"),
-                                     "--steps", "1000", "--every", "500", "--seeds", "2"])
+                                     "--steps", "1000", "--every", "500", "--seeds", "2",
+                                     "--pretrain-override", "vision.align_mask_ratio=null"])
     budget.main()
     pretrain = [c for c in calls if c[0] == "pretrain"]
     assert len(pretrain) == 1 and "run.keep_checkpoints=0" in pretrain[0] and "run.checkpoint_every=500" in pretrain[0]
+    assert pretrain[0][-1] == "vision.align_mask_ratio=null"  # after the preset's settings: it wins
     inits = sorted({c[c.index("--init") + 1] for c in calls if c[0] == "finetune"})
     assert inits == sorted(["scratch", *(str(tmp_path / "out" / "pretrain-mpma" / "checkpoints" / f"step_{s:08d}")
                                          for s in (500, 1000))])
@@ -188,9 +189,7 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
 def test_ablation_collect_summarises_only_finished_seeds_and_trains_nothing(tmp_path) -> None:
     """--collect: a seed counts when its pre-training and every fine-tune of its row have finished; an
     unfinished seed is left out (not trained), and a row with none is an error."""
-    import json
 
-    import pytest
 
     ablation = _script("ablation")
     results = {"vqa": {"overall": 0.6, "open": 0.4, "closed": 0.8},
@@ -226,9 +225,6 @@ def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_ove
                                                                         monkeypatch) -> None:
     """The GPU benchmark's CPU smoke mode times the Trainer step of a micro model; asked for CUDA on a
     host without one it stops with a message that says how to smoke-test instead."""
-    import json
-
-    import pytest
     import torch
 
     gpu_step = _script("gpu_step")
@@ -246,7 +242,6 @@ def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_ove
 
 def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_path, micro_overrides):
     """The MPMA row is the Trainer's own step; memory rows split the peak into state and activations."""
-    import json
 
     out = tmp_path / "bench.json"
     _script("pretrain_step").main(["--presets", "tiny", "--batch-tiny", "4", "--tiny-overrides", *micro_overrides,
@@ -265,7 +260,6 @@ def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_
 
 
 def test_retrieval_cost_compares_rerank_with_all_pairs(tmp_path, micro_overrides):
-    import json
 
     out = tmp_path / "retrieval.json"
     _script("retrieval_cost").main(["--n", "12", "--k", "2", "--subset", "6", "--batch", "8", "--overrides",
@@ -280,7 +274,6 @@ def test_retrieval_cost_compares_rerank_with_all_pairs(tmp_path, micro_overrides
 
 
 def test_shared_cpu_measures_a_policy_alone_and_beside_a_busy_process(tmp_path, capsys):
-    import json
 
     out = tmp_path / "shared.json"
     _script("shared_cpu").main(["--policies", "auto", "--rounds", "1", "--steps", "1", "--batch", "2",
@@ -294,7 +287,6 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
     """Issue 12's table: every row is a preset plus overrides that load; a pre-training per (row, seed)
     except scratch; zero-shot retrieval only where the GLA-global head exists. The training itself is
     stubbed: only the plan and the summary are tested."""
-    import json
 
     from mpma.config import load_config
 
@@ -346,7 +338,6 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
 
 
 def test_activation_checkpointing_times_both_settings_on_one_model_and_probes_memory(tmp_path, micro_overrides):
-    import json
 
     out = tmp_path / "ac.json"
     _script("activation_checkpointing").main(["--preset", "tiny", "--batch", "4", "--overrides", *micro_overrides,
@@ -377,7 +368,6 @@ def test_vqa_lookup_answers_from_the_same_images_nearest_training_question():
 
 
 def test_real_vqa_collect_summarises_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
-    import json
 
     real_vqa = _script("real_vqa")
     monkeypatch.setattr(real_vqa, "mpma", lambda *args, log: (_ for _ in ()).throw(AssertionError(args)))
