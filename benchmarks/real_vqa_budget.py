@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,7 +24,7 @@ from real_vqa import ANCHORS, cpu_features, mean_sd, mpma, prepare_data  # noqa:
 
 
 def pretrain(manifests: dict[str, Path], shared: Path, out: Path, steps: int, every: int,
-             extra: list[str] = ()) -> Path:
+             extra: Sequence[str] = ()) -> Path:
     run_dir = out / "pretrain-mpma"
     if not (run_dir / "summary.json").exists():
         corpora = [f"roco:{shared / 'roco' / 'data'}", f"vqa-rad:{shared / 'vqa_rad'}"]
