@@ -206,11 +206,13 @@ def markdown_table(results: dict) -> str:
         value = entry.get(key)
         return f"{value['mean']:.1f} ± {value['sd']:.1f}" if value else "—"
 
-    lines = ["| row | overall | open | closed | shuffled images: overall | drop | train fit | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    validated = any("val_overall" in entry for entry in results.values())
+    lines = ["| row |" + (" validation overall |" if validated else "")
+             + " overall | open | closed | shuffled images: overall | drop | train fit | seeds |",
+             "|---|" + ("---|" if validated else "") + "---|---|---|---|---|---|---|"]
     for row, entry in results.items():
         drop = f"{entry['shuffled_drop']:.1f}" if "shuffled_drop" in entry else "—"
-        cells = [cell(entry, k) for k in ("overall", "open", "closed", "shuffled_overall")]
+        cells = [cell(entry, k) for k in (("val_overall",) if validated else ()) + ("overall", "open", "closed", "shuffled_overall")]
         lines.append(f"| {row} | " + " | ".join([*cells, drop, cell(entry, "train_fit_overall"),
                                                  str(len(entry["overall"]["values"]))]) + " |")
     return "\n".join(lines)
@@ -286,6 +288,9 @@ def main() -> None:
         if shuffled:
             entry["shuffled_overall"] = mean_sd(shuffled)
             entry["shuffled_drop"] = round(entry["overall"]["mean"] - entry["shuffled_overall"]["mean"], 2)
+        validation = [100 * r["val_selection"] for r in runs if r.get("val_selection") is not None]
+        if validation:  # data.val_fraction > 0: the held-out train images' score at the kept epoch
+            entry["val_overall"] = mean_sd(validation)
         fits = [100 * r["train_fit"]["overall"] for r in runs if "train_fit" in r]
         if fits:
             entry["train_fit_overall"] = mean_sd(fits)

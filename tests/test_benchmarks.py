@@ -31,9 +31,11 @@ def _recording_mpma(calls: list, shuffled_overall: float):
             (out / "summary.json").write_text("{}")
         else:
             test = {"overall": 0.5, "open": 0.3, "closed": 0.6}
+            validated = any(a.startswith("data.val_fraction=") and float(a.split("=")[1]) > 0 for a in args)
             (out / "metrics.json").write_text(json.dumps({"test": test,
                                                           "test_shuffled_images": {"overall": shuffled_overall},
-                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3}))
+                                                          "train_fit": {"overall": 0.9}, "best_epoch": 3,
+                                                          "val_selection": 0.7 if validated else None}))
 
     return fake_mpma
 
@@ -69,6 +71,9 @@ def test_real_vqa_summarises_seeds_and_refuses_a_missing_shared_folder(tmp_path,
     entry = {key: real_vqa.mean_sd([50.0, 52.0]) for key in ("overall", "open", "closed", "shuffled_overall")}
     table = real_vqa.markdown_table({"mpma": {**entry, "shuffled_drop": 0.0}})
     assert "| mpma | 51.0 ± 1.4 |" in table and table.rstrip().endswith("| 2 |")
+    assert "validation" not in table  # runs without a validation split have no such column
+    validated = real_vqa.markdown_table({"mpma": {**entry, "val_overall": real_vqa.mean_sd([70.0, 74.0])}})
+    assert "| validation overall |" in validated and "| mpma | 72.0 ± 2.8 | 51.0 ± 1.4 |" in validated
     monkeypatch.setattr("sys.argv", ["real_vqa.py", "--shared", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
         real_vqa.main()
@@ -111,6 +116,16 @@ def test_real_vqa_plans_every_row_with_its_budget_and_writes_the_table(tmp_path,
     row = report["vqa_rad"]["mpma"]
     assert row["overall"]["mean"] == 50.0 and row["shuffled_overall"]["mean"] == 40.0 and row["shuffled_drop"] == 10.0
     assert report["pretrain_steps"] == 4000 and report["minilm_pretrain_steps"] == 1000 and report["wall_time_s"] >= 0
+    assert "val_overall" not in row  # the recipe holds nothing out
+
+
+def test_real_vqa_reports_the_validation_score_when_train_images_are_held_out(tmp_path, monkeypatch):
+    _, calls = _run_real_vqa(tmp_path, monkeypatch, "--seeds", "2", "--rows", "scratch,mpma",
+                             "--finetune-override", "data.val_fraction=0.1")
+    assert all("data.val_fraction=0.1" in c for c in calls if c[0] == "finetune")
+    report = json.loads((tmp_path / "out" / "real_vqa.json").read_text())
+    assert {row: entry["val_overall"]["values"] for row, entry in report["vqa_rad"].items()} == \
+        {"scratch": [70.0, 70.0], "mpma": [70.0, 70.0]}
 
 
 @pytest.mark.parametrize("reference, changes", [
