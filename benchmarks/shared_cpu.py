@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_vqa import cpu_features  # noqa: E402
+
 POLICIES = ("default", "passive", "auto", "auto+passive")
 BUSY = [sys.executable, "-c", "while True: pass"]
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary[policy] = {"slowdown": ratio, "alone": alone, "busy": busy, "rounds": rows}
         print(f"{policy:<9}{threads:>20}{alone:>15.3f}{busy:>15.3f}{ratio:>9.2f}x")
     print("slowdown: median over rounds of (beside one busy process / alone) in the same round")
-    result = {"mode": args.mode, "cores": os.cpu_count(), "load_average_start": load_before,
+    result = {"mode": args.mode, "cores": os.cpu_count(), "cpu_features": cpu_features(), "load_average_start": load_before,
               "load_average_end": os.getloadavg(), "policies": summary}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
