@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mpma.data.image import image_to_array, to_tensor  # image_to_array re-exported for users
-from mpma.data.text import tokenize
+from mpma.data.text import encode_with_answer_slot, tokenize
 from mpma.hub import PretrainedModel, load_model
 from mpma.tasks.base import get_task
 
@@ -251,7 +251,11 @@ class Predictor:
             batch: dict[str, torch.Tensor] = {}
             if images is not None:
                 batch["images"] = self.preprocess(images[start:end]).to(self.device)
-            if texts is not None:
+            if texts is not None and getattr(self.module, "pool", None) == "slot":  # a [MASK] slot after the text
+                encoded = encode_with_answer_slot(self.tokenizer, texts[start:end], self.max_length,
+                                                  pairs[start:end] if pairs else None)
+                batch.update({key: value.to(self.device) for key, value in encoded.items()})
+            elif texts is not None:
                 batch.update(self._tokens(texts[start:end], pairs[start:end] if pairs else None))
             out.append(self.module.predict(batch).float().cpu())
         return torch.cat(out)

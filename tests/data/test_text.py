@@ -170,3 +170,35 @@ def test_train_tokenizer_returns_a_loaded_tokenizer(tmp_path) -> None:
     tokenizer = train_tokenizer(REPORTS, tmp_path / "t", vocab_size=150)
     assert tokenizer.mask_token_id is not None and tokenizer.pad_token_id == 0
     assert (tmp_path / "t" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("max_length", [6, 7, 40])
+def test_insert_answer_slot_puts_one_mask_before_each_sep(max_length) -> None:
+    """head.pool=slot: [MASK] goes before each row's [SEP]; rows grow by one token up to max_length, and a
+    row that is already max_length long gives its last word up for the slot."""
+    from mpma.data.text import insert_answer_slot
+
+    cls, sep, mask, pad = 101, 102, 103, 0
+    ids = torch.tensor([[cls, 5, 6, sep, pad, pad], [cls, 7, sep, pad, pad, pad], [cls, 1, 2, 3, 4, sep]])
+    new_ids, new_mask, slot = insert_answer_slot(ids, (ids != pad).long(), mask, pad, max_length)
+    grows = max_length > 6
+    assert new_ids.shape == new_mask.shape == (3, 7 if grows else 6)
+    assert slot.tolist() == [3, 2, 5 if grows else 4]
+    assert new_ids[0, :5].tolist() == [cls, 5, 6, mask, sep] and new_ids[1, :4].tolist() == [cls, 7, mask, sep]
+    assert new_ids[2].tolist()[-3:] == ([4, mask, sep] if grows else [3, mask, sep])  # the full row lost word 4
+    assert new_mask.sum(1).tolist() == [5, 4, 7 if grows else 6]
+    assert (new_ids[new_mask == 0] == pad).all()
+    assert (new_ids[torch.arange(3), slot] == mask).all()
+    with pytest.raises(ValueError, match=r"\[CLS\] \.\.\. \[SEP\]"):
+        insert_answer_slot(ids[:, :1], torch.ones(3, 1, dtype=torch.long), mask, pad, max_length)
+
+
+def test_encode_with_answer_slot_uses_the_tokenizers_mask(tokenizer) -> None:
+    from mpma.data.text import encode_with_answer_slot
+
+    plain = tokenize(tokenizer, ["is there a nodule?", "which side?"], max_length=16)
+    slotted = encode_with_answer_slot(tokenizer, ["is there a nodule?", "which side?"], max_length=16)
+    rows = torch.arange(2)
+    assert (slotted["input_ids"][rows, slotted["answer_slot"]] == tokenizer.mask_token_id).all()
+    assert (slotted["input_ids"][rows, slotted["answer_slot"] + 1] == tokenizer.sep_token_id).all()
+    assert torch.equal(slotted["attention_mask"].sum(1), plain["attention_mask"].sum(1) + 1)

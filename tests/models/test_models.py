@@ -250,6 +250,10 @@ def test_pool_fused_mean_ignores_padding_and_cls_reads_the_poolers() -> None:
     padded[0, 3:] = 1e3  # padding states must not leak into the feature
     assert torch.equal(pool_fused(FusionOutput(padded, image, pooled), mask, "mean"), mean)
     assert pool_fused(fused, mask, "cls") is pooled
+    slot = pool_fused(fused, mask, "slot", torch.tensor([2, 4]))  # the answer slot's state beside the image mean
+    assert torch.equal(slot[:, :4], torch.stack([text[0, 2], text[1, 4]])) and torch.allclose(slot[:, 4:], image.mean(1))
+    with pytest.raises(ValueError, match="slot"):
+        pool_fused(fused, mask, "slot")
     with pytest.raises(ValueError, match="pool must be one of"):
         pool_fused(fused, mask, "max")
 

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,6 +116,35 @@ def test_finetune_from_pretrained_run_and_zero_shot(tmp_path, pretrained_run):
     assert main(["finetune", "zero_shot_cls", "--init", str(pretrained_run), "--out", str(zero), "--no-progress",
                  "data.test_size=12"]) == 0
     assert 0 <= json.loads((zero / "metrics.json").read_text())["test"]["macro_auc"] <= 1
+
+
+@pytest.mark.slow
+def test_vqa_with_the_answer_slot_trains_reloads_and_answers(tmp_path, micro_preset):
+    """head.pool=slot end to end: the collate step puts a [MASK] slot after each question, the saved model
+    reproduces its test metrics, and the Predictor inserts the same slot when it answers."""
+    from mpma.data.text import encode_with_answer_slot
+    from mpma.inference import Predictor
+    from mpma.pipelines.finetuning import evaluate_run
+
+    out = tmp_path / "vqa"
+    assert main(["finetune", "vqa", "--out", str(out), "--no-progress", f"preset={micro_preset}", *SMALL_DATA,
+                 "head.pool=slot"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    again = evaluate_run(out, "test")
+    again.pop("test_set")
+    assert _same(json.loads(json.dumps(again, default=float)), metrics["test"])
+    predictor = Predictor.from_pretrained(out, device="cpu")
+    assert predictor.module.pool == "slot"  # saved with the head
+    image = np.random.default_rng(0).integers(0, 256, (32, 32)).astype(np.uint8)
+    answers = predictor.answer([image, image], ["is there a nodule?", "which side is the nodule on?"], top_k=2)
+    batch = encode_with_answer_slot(predictor.tokenizer, ["is there a nodule?", "which side is the nodule on?"],
+                                    predictor.max_length)
+    batch["images"] = predictor.preprocess([image, image])
+    expected = predictor.module.predict(batch).sigmoid()  # synthrad VQA's default head: M3AE's soft-score BCE
+    for row, ranked in enumerate(answers):
+        best = int(expected[row].argmax())
+        assert ranked[0]["answer"] == predictor.classes[best]
+        assert ranked[0]["probability"] == pytest.approx(float(expected[row, best]), abs=1e-6)
 
 
 def test_finetune_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):

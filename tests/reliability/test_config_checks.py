@@ -153,7 +153,7 @@ FINETUNE_ERRORS = [
     ("data.num_workers=-1", "data.num_workers", ">= 0"),
     ("head.vqa_loss=mse", "head.vqa_loss", "bce, ce"),
     ("head.answer_vocab=test", "head.answer_vocab", "train, all_splits"),
-    ("head.pool=max", "head.pool", "cls, mean"),
+    ("head.pool=max", "head.pool", "cls, mean, slot"),
     ("head.image_mode=frozen", "head.image_mode", "finetune, linear_probe"),
     ("head.hidden_mult=0", "head.hidden_mult", "> 0"),
     ("head.rerank_k=-1", "head.rerank_k", ">= 0"),
@@ -186,7 +186,7 @@ def test_the_edges_that_mean_something_are_accepted(override):
 
 
 @pytest.mark.parametrize("override", ["optim.steps=0", "epochs=0", "data.fraction=1", "head.vqa_loss=ce",
-                                      "head.pool=mean", "head.image_mode=linear_probe", "head.answer_vocab=all_splits"])
+                                      "head.pool=mean", "head.pool=slot", "head.image_mode=linear_probe", "head.answer_vocab=all_splits"])
 def test_finetune_edges_that_mean_something_are_accepted(override):
     load_config(None, [override], cls=FinetuneConfig)
 

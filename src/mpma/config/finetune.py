@@ -11,7 +11,7 @@ from mpma.config.pretrain import OptimConfig, RunConfig
 
 VQA_LOSSES = ("bce", "ce")
 ANSWER_VOCABS = ("train", "all_splits")
-POOLS = ("cls", "mean")  # mpma.tasks.classification.POOLINGS
+POOLS = ("cls", "mean", "slot")  # mpma.tasks.classification.POOLINGS
 IMAGE_MODES = ("finetune", "linear_probe")
 # keep=: which epoch's weights become best/ and are tested -> how metrics.md and `mpma report` name the rule
 KEEP_EPOCHS = {"best_val": "best validation", "last": "the last"}
@@ -64,7 +64,9 @@ class HeadConfig:
     vqa_loss: str = "bce"  # "bce" (soft-score, as M3AE) or "ce"
     answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
     hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width
-    pool: str = "cls"  # vqa/mm_cls pair feature: "cls" (pooled CLS of both streams) or "mean" (token means)
+    # vqa/mm_cls pair feature: "cls" (pooled CLS of both streams), "mean" (token means) or "slot" (the fused
+    # state of a [MASK] slot put after the text, beside the image tokens' mean: mpma.tasks.classification.pool_fused)
+    pool: str = "cls"
     label_smoothing: float = 0.0  # vqa (vqa_loss=ce) / mm_cls training loss: share of the target spread over all classes
     train_fit: bool = True  # also score the best weights on the training split ("train_fit" in metrics.json)
     shuffled_eval: bool = True  # vqa/mm_cls: also score test with images shuffled among examples (seeded)

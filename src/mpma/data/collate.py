@@ -14,7 +14,7 @@ from mpma.data.bad_records import bad_item
 from mpma.data.image import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, load_image, to_tensor
 from mpma.data.pairs import grayscale_to_tensor, key_to_int, shrink_shorter_side
 from mpma.data.records import normalize_answer
-from mpma.data.text import tokenize
+from mpma.data.text import encode_with_answer_slot, tokenize
 
 TARGETS = ("answer", "labels", "key")
 
@@ -141,12 +141,14 @@ class TaskCollator:
             so a model sees the text alone: the no-image floor of a task.
         blank_text: every text (and sentence pair) is the empty string, so the encoded text is the
             special tokens alone and a model sees the image alone: the no-text floor of a task.
+        answer_slot: put a [MASK] slot before each text's final [SEP] and give its position as
+            batch["answer_slot"] (B,) (``head.pool=slot``; :func:`mpma.data.text.insert_answer_slot`).
     """
 
     def __init__(self, tokenizer, max_length: int, images: ImageStore, *, reads_image: bool,
                  text_fields: tuple[str, ...], target: str | None, classes: list[str] | None = None,
                  multi_label: bool = False, soft_targets: bool = False, blank_images: bool = False,
-                 blank_text: bool = False) -> None:
+                 blank_text: bool = False, answer_slot: bool = False) -> None:
         if target is not None and target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS} or None, got {target!r}")
         self.tokenizer = tokenizer
@@ -161,6 +163,7 @@ class TaskCollator:
         self.soft_targets = soft_targets
         self.blank_images = blank_images
         self.blank_text = blank_text
+        self.answer_slot = answer_slot
 
     def _texts(self, examples: list[dict]) -> tuple[list[str], list[str] | None]:
         first, *rest = self.text_fields
@@ -182,8 +185,11 @@ class TaskCollator:
             if self.blank_text:
                 texts = [""] * len(texts)
                 pairs = pairs and [""] * len(pairs)
-            encoded = tokenize(self.tokenizer, texts, self.max_length, pairs)
-            batch["input_ids"], batch["attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
+            if self.answer_slot:
+                batch.update(encode_with_answer_slot(self.tokenizer, texts, self.max_length, pairs))
+            else:
+                encoded = tokenize(self.tokenizer, texts, self.max_length, pairs)
+                batch["input_ids"], batch["attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
         if self.target == "key":
             batch["match_key"] = torch.tensor([key_to_int(str(e["key"])) for e in examples], dtype=torch.int64)
         elif self.target == "answer":

@@ -233,6 +233,58 @@ def tokenize(tokenizer, texts: list[str], max_length: int, text_pairs: list[str]
     }
 
 
+def insert_answer_slot(input_ids: torch.Tensor, attention_mask: torch.Tensor, slot_token_id: int, pad_token_id: int,
+                       max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put one ``slot_token_id`` (the tokenizer's [MASK]) before each sequence's last token ([SEP]).
+
+    The fused state at that position is what a ``head.pool=slot`` classifier reads: in pre-training,
+    masked positions are the only text positions MLM trains to gather image-conditioned word
+    information. The sequences grow by one token up to ``max_length``; a sequence already that long
+    gives up its last word for the slot.
+
+    Args:
+        input_ids: (B, T) token ids, each row ``[CLS] ... [SEP]`` then padding.
+        attention_mask: (B, T), 1 for real tokens (at least 2 per row).
+        slot_token_id: the id placed in the slot.
+        pad_token_id: the id of the padding after each row.
+        max_length: the longest sequence the text encoder takes.
+
+    Returns:
+        input_ids (B, T'), attention_mask (B, T') with T' = min(T + 1, max(T, max_length)), and the
+        slot's position per row (B,).
+    """
+    batch, length = input_ids.shape
+    lengths = attention_mask.sum(1)  # (B,)
+    if bool((lengths < 2).any()):
+        raise ValueError("insert_answer_slot needs [CLS] ... [SEP] in every row (2 tokens or more)")
+    new_length = min(length + 1, max(length, max_length))
+    slot = torch.clamp(lengths - 1, max=new_length - 2)  # (B,)
+    positions = torch.arange(new_length, device=input_ids.device).unsqueeze(0)  # (1, T')
+    kept = input_ids.gather(1, positions.clamp(max=length - 1).expand(batch, -1))  # (B, T')
+    last = input_ids.gather(1, (lengths - 1).unsqueeze(1))  # (B, 1): each row's [SEP]
+    ids = torch.where(positions < slot.unsqueeze(1), kept, torch.full_like(kept, pad_token_id))
+    ids = torch.where(positions == slot.unsqueeze(1), torch.full_like(kept, slot_token_id), ids)
+    ids = torch.where(positions == slot.unsqueeze(1) + 1, last.expand(-1, new_length), ids)
+    mask = (positions <= slot.unsqueeze(1) + 1).to(attention_mask.dtype)
+    return ids, mask, slot
+
+
+def encode_with_answer_slot(tokenizer, texts: list[str], max_length: int,
+                            text_pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`tokenize`, then :func:`insert_answer_slot` with the tokenizer's [MASK] (``head.pool=slot``).
+
+    Returns:
+        input_ids (B, T'), attention_mask (B, T') and answer_slot (B,), the slot's position per row.
+    """
+    if tokenizer.mask_token_id is None:
+        raise ValueError("head.pool=slot reads the fused state at a [MASK] slot after the text, and this tokenizer "
+                         "has no mask token; use head.pool=mean or cls")
+    encoded = tokenize(tokenizer, texts, max_length, text_pairs)
+    input_ids, attention_mask, slot = insert_answer_slot(encoded["input_ids"], encoded["attention_mask"],
+                                                         tokenizer.mask_token_id, tokenizer.pad_token_id, max_length)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "answer_slot": slot}
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     special_tokens_mask: torch.Tensor,

@@ -117,7 +117,8 @@ class FinetuneRun:
         self.collate = TaskCollator(self.tokenizer, self.max_length, images, reads_image=self.task.reads_image,
                                     text_fields=self.task.text_fields, target=self.task.target, classes=self.classes,
                                     multi_label=self.multi_label, soft_targets=self.task.soft_targets(config),
-                                    blank_images=config.data.blank_images, blank_text=config.data.blank_text)
+                                    blank_images=config.data.blank_images, blank_text=config.data.blank_text,
+                                    answer_slot=config.head.pool == "slot" and self.task.reads_pair)
         if config.head.label_smoothing and (not self.task.smooths_labels or self.task.soft_targets(config)):
             raise ConfigError(f"head.label_smoothing={config.head.label_smoothing}: task {self.task.name!r} has no "
                               "single-label cross-entropy loss to smooth (vqa with head.vqa_loss=ce, or mm_cls); "

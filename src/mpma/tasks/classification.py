@@ -21,20 +21,24 @@ from mpma.models.mpma import MPMAModel
 from mpma.tasks.base import Task, TaskRunContext, register
 from mpma.tasks.pretrain import StepResult
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "slot")
 
 
-def pool_fused(fused, text_mask: torch.Tensor, pool: str) -> torch.Tensor:
+def pool_fused(fused, text_mask: torch.Tensor, pool: str, slot: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 2D) pair feature from a fusion output.
 
     ``"cls"``: the two streams' tanh-pooled CLS states (M3AE's head input; these poolers learn only
     through ITM in pre-training). ``"mean"``: the mean of the fused text tokens (padding excluded)
     beside the mean of the fused image tokens; these are the states that MLM and MIM train.
+    ``"slot"``: the fused text state at the answer slot (a [MASK] after the question,
+    :func:`mpma.data.text.insert_answer_slot`: the kind of position MLM trains to read the image)
+    beside the mean of the fused image tokens.
 
     Args:
         fused: :class:`~mpma.models.fusion.FusionOutput` with text (B, T, D) and image (B, 1+K, D).
         text_mask: (B, T), 1 for real tokens.
-        pool: "cls" or "mean".
+        pool: "cls", "mean" or "slot".
+        slot: (B,) position of each row's answer slot (``pool="slot"`` only).
     """
     if pool == "cls":
         return fused.pooled
@@ -42,6 +46,11 @@ def pool_fused(fused, text_mask: torch.Tensor, pool: str) -> torch.Tensor:
         weights = text_mask.to(fused.text.dtype).unsqueeze(-1)  # (B, T, 1)
         text_mean = (fused.text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return torch.cat([text_mean, fused.image.mean(1)], dim=-1)
+    if pool == "slot":
+        if slot is None:
+            raise ValueError("pool='slot' needs the answer slot's position per row")
+        slot_state = fused.text[torch.arange(fused.text.shape[0], device=slot.device), slot]  # (B, D)
+        return torch.cat([slot_state, fused.image.mean(1)], dim=-1)
     raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
 
 
@@ -78,10 +87,13 @@ class FusedClassifier(nn.Module):
 
     def logits(self, batch: dict[str, torch.Tensor], return_attention: bool = False):
         """(B, classes) logits (and the fusion output when ``return_attention``)."""
+        if self.pool == "slot" and "answer_slot" not in batch:
+            raise ValueError("head.pool=slot reads the fused state at each text's answer slot: the batch has no "
+                             "'answer_slot' (collate with answer_slot=True, mpma.data.text.insert_answer_slot)")
         vision = self.backbone.encode_image(batch["images"])
         text = self.backbone.encode_text(batch["input_ids"], batch["attention_mask"])
         fused = self.backbone.fuse(text, batch["attention_mask"], vision.tokens, return_attention=return_attention)
-        logits = self.head(pool_fused(fused, batch["attention_mask"], self.pool))
+        logits = self.head(pool_fused(fused, batch["attention_mask"], self.pool, batch.get("answer_slot")))
         return (logits, fused) if return_attention else logits
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> StepResult:
