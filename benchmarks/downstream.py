@@ -53,13 +53,17 @@ def pretrain(out: Path, preset: str, overrides: list[str]) -> Path:
     return run_dir
 
 
-def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = (), task: str | None = None) -> dict:
+def finetune(out: Path, key: str, init: str, data: str | None = None, extra: list[str] = (), task: str | None = None,
+             source: str | None = None) -> dict:
+    """Fine-tune ``task`` (default: from ``key``) from ``init`` into ``out/<key>-<init name>`` with the
+    budget of ``key`` plus ``extra`` overrides, on ``source`` (a recipe such as ``finetune/vqa_real``) when
+    given; a finished run is read back instead."""
     if task is None:  # table keys are task names with a variant suffix
         task = VARIANT_TASK.get(key, key)
     run_dir = out / f"{key}-{Path(init).name}"
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())
-    config = finetune_config(task, init, data, None, TASK_BUDGETS.get(key, []) + list(extra))
+    config = finetune_config(task, init, data, source, TASK_BUDGETS.get(key, []) + list(extra))
     started = time.perf_counter()
     result = run_finetune(config, run_dir, progress=False)
     result["seconds"] = round(time.perf_counter() - started, 1)

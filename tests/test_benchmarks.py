@@ -354,6 +354,27 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
     assert "| mpma | 57.7 | n/a |" in ablation.table({"mpma": one_seed})  # one seed: no "± 0.0"
 
 
+def test_ablation_fitting_vqa_fine_tunes_vqa_again_on_the_recipe_at_the_same_budget(tmp_path, monkeypatch) -> None:
+    """--fitting-vqa: one more VQA fine-tune per (row, seed) from the same initialisation, on the
+    finetune/vqa_real recipe with the vqa budget and the seed; its test and train-fit scores are columns."""
+    ablation = _script("ablation")
+    calls = []
+
+    def fake_finetune(folder, key, init, extra=(), task=None, source=None):
+        calls.append((key, init, tuple(extra), task, source))
+        vqa = {"overall": 0.8, "open": 0.7, "closed": 0.9} if key == "vqa_fit" else {"overall": 0.6, "open": 0.4, "closed": 0.8}
+        return {"test": {**vqa, "accuracy": 0.7, "macro_auc": 0.9}, "train_fit": {"overall": 0.85}}
+
+    monkeypatch.setattr(ablation, "finetune", fake_finetune)
+    report = ablation.main(["--out", str(tmp_path), "--seeds", "1", "--rows", "scratch", "--fitting-vqa"])
+    fit = [c for c in calls if c[0] == "vqa_fit"]
+    assert fit == [("vqa_fit", "scratch", (*ablation.TASK_BUDGETS["vqa"], "run.seed=0"), "vqa", "finetune/vqa_real")]
+    row = report["rows"]["scratch"]
+    assert row["vqa_fit_overall"]["mean"] == 80.0 and row["vqa_fit_train"]["mean"] == 85.0 and row["vqa_overall"]["mean"] == 60.0
+    assert "vqa_fit_overall" in ablation.table(report["rows"])
+    assert "vqa_fit" not in ablation.row_tasks("scratch")  # not part of the default table
+
+
 def test_activation_checkpointing_times_both_settings_on_one_model_and_probes_memory(tmp_path, micro_overrides):
 
     out = tmp_path / "ac.json"
