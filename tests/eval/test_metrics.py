@@ -150,3 +150,21 @@ def test_vqa_accuracy_open_closed_and_out_of_vocab() -> None:
         vqa_accuracy(["a"], ["a", "b"], ["OPEN", "OPEN"])
     with pytest.raises(ValueError, match="OPEN or CLOSED"):
         vqa_accuracy(["a"], ["a"], ["free"])
+
+
+def test_evaluate_vqa_scores_each_question_type() -> None:
+    """by_question_type: accuracy and count per question type, beside the open/closed figures."""
+    from mpma.eval.downstream import evaluate_vqa
+
+    answers = ["yes", "no", "left", "right"]
+    examples = [{"answer": "left", "answer_type": "OPEN", "question_type": "side"},
+                {"answer": "right", "answer_type": "OPEN", "question_type": "side"},
+                {"answer": "Yes", "answer_type": "CLOSED", "question_type": "presence"},
+                {"answer": "cardiomegaly", "answer_type": "OPEN", "question_type": "kind"},  # outside the vocabulary
+                {"answer": "no", "answer_type": "CLOSED"}]  # no type: counted overall only
+    scores = np.eye(4)[[2, 2, 0, 0, 1]]  # left, left, yes, yes, no
+    result = evaluate_vqa(scores, examples, answers)
+    assert result["overall"] == pytest.approx(3 / 5)
+    assert result["by_question_type"] == {"kind": {"accuracy": 0.0, "n": 1}, "presence": {"accuracy": 1.0, "n": 1},
+                                          "side": {"accuracy": 0.5, "n": 2}}
+    assert "by_question_type" not in evaluate_vqa(scores[:1], [{"answer": "left", "answer_type": "OPEN"}], answers)

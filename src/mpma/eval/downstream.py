@@ -29,11 +29,21 @@ def predict_scores(module, examples, collate, batch_size: int, device) -> np.nda
 
 
 def evaluate_vqa(scores: np.ndarray, examples: list[dict], answers: list[str]) -> dict:
-    """Open/closed/overall accuracy; answers outside the vocabulary count as wrong (share reported)."""
+    """Open/closed/overall accuracy; answers outside the vocabulary count as wrong (share reported).
+    Examples with a ``question_type`` (synthrad's side/location/kind/..., VQA-RAD's PRES/POS/...) also
+    get ``by_question_type``: {type: {"accuracy", "n"}}, so a score can be read per kind of question."""
     predictions = [answers[i] for i in scores.argmax(1)]
     golds = [normalize_answer(e["answer"]) for e in examples]
     result = M.vqa_accuracy(predictions, golds, [e["answer_type"] for e in examples], set(answers))
-    return {k: v for k, v in result.items()}
+    types = [e.get("question_type") for e in examples]
+    if any(types):
+        by_type: dict[str, dict] = {}
+        for kind in sorted({str(t) for t in types if t}):
+            rows = [i for i, t in enumerate(types) if t is not None and str(t) == kind]
+            correct = sum(predictions[i] == golds[i] for i in rows)  # a prediction is always in the vocabulary
+            by_type[kind] = {"accuracy": correct / len(rows), "n": len(rows)}
+        result["by_question_type"] = by_type
+    return dict(result)
 
 
 def evaluate_classification(scores: np.ndarray, examples: list[dict], labels: list[str], multi_label: bool) -> dict:
