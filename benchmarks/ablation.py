@@ -58,6 +58,9 @@ EXTRA_ROW_SPECS: dict[str, Row] = {
     "mpma_lr1e-3": ("tiny", ["optim.lr=1e-3"]),
     "mpma_3x_steps": ("tiny", ["optim.steps=2100"]),
     "m3ae_style_3x_steps": ("tiny_m3ae", ["optim.steps=2100"]),
+    # the part ablations at that budget (read them with --fitting-vqa: RESULTS section 6)
+    **{f"mpma_3x_{part}": ("tiny", [*DEFAULT_ROW_SPECS[f"mpma_{part}"][1], "optim.steps=2100"])
+       for part in ("no_local", "no_global", "no_memory", "no_itm")},
 }
 ROWS: dict[str, Row] = {**DEFAULT_ROW_SPECS, **EXTRA_ROW_SPECS}
 DEFAULT_ROWS = tuple(DEFAULT_ROW_SPECS)

@@ -373,6 +373,9 @@ def test_ablation_fitting_vqa_fine_tunes_vqa_again_on_the_recipe_at_the_same_bud
     assert row["vqa_fit_overall"]["mean"] == 80.0 and row["vqa_fit_train"]["mean"] == 85.0 and row["vqa_overall"]["mean"] == 60.0
     assert "vqa_fit_overall" in ablation.table(report["rows"])
     assert "vqa_fit" not in ablation.row_tasks("scratch")  # not part of the default table
+    for part in ("no_local", "no_global", "no_memory", "no_itm"):  # the part ablations at 3x the budget
+        assert ablation.ROWS[f"mpma_3x_{part}"] == ("tiny", [*ablation.ROWS[f"mpma_{part}"][1], "optim.steps=2100"])
+    assert "retrieval_zero_shot" not in ablation.row_tasks("mpma_3x_no_global")
 
 
 def test_activation_checkpointing_times_both_settings_on_one_model_and_probes_memory(tmp_path, micro_overrides):
