@@ -204,8 +204,6 @@ def test_real_vqa_budget_fine_tunes_from_every_kept_checkpoint(tmp_path, monkeyp
 def test_ablation_collect_summarises_only_finished_seeds_and_trains_nothing(tmp_path) -> None:
     """--collect: a seed counts when its pre-training and every fine-tune of its row have finished; an
     unfinished seed is left out (not trained), and a row with none is an error."""
-
-
     ablation = _script("ablation")
     results = {"vqa": {"overall": 0.6, "open": 0.4, "closed": 0.8},
                "retrieval_zero_shot": {"i2t": {"R@1": 0.2, "chance@1": 0.01}, "t2i": {"R@1": 0.3}},
@@ -234,6 +232,30 @@ def test_ablation_collect_summarises_only_finished_seeds_and_trains_nothing(tmp_
     assert not (tmp_path / "mpma" / "seed1" / "mm_cls-pretrain").exists()  # nothing was trained
     with pytest.raises(SystemExit):
         ablation.main(["--out", str(tmp_path), "--collect", "--rows", "mpma_no_itm"])
+
+
+def test_ablation_skip_default_vqa_needs_and_reports_only_the_fitting_recipe(tmp_path) -> None:
+    """--fitting-vqa --skip-default-vqa: a seed is finished without the default recipe's VQA run, its
+    vqa_fit_* columns are reported and its default vqa_* columns are absent, not zero."""
+    ablation = _script("ablation")
+    tasks = ablation.row_tasks("mpma_3x_no_memory", fitting_vqa=True, default_vqa=False)
+    assert "vqa" not in tasks and ablation.FITTING_VQA_TASK in tasks and "mm_cls" in tasks
+    folder = tmp_path / "mpma_3x_no_memory" / "seed0"
+    (folder / "pretrain").mkdir(parents=True)
+    (folder / "pretrain" / "summary.json").write_text(json.dumps({"train_seconds": 50.0}))
+    results = {"vqa_fit": {"test": {"overall": 0.8, "open": 0.7, "closed": 0.9}, "train_fit": {"overall": 0.85}},
+               "retrieval_zero_shot": {"test": {"i2t": {"R@1": 0.2, "chance@1": 0.01}, "t2i": {"R@1": 0.3}}},
+               "mm_cls": {"test": {"accuracy": 0.7}}, "img_cls_probe_10pct": {"test": {"macro_auc": 0.9}}}
+    for task in tasks:
+        (folder / f"{task}-pretrain").mkdir()
+        (folder / f"{task}-pretrain" / "metrics.json").write_text(json.dumps(results[task]))
+    assert ablation.finished_seeds("mpma_3x_no_memory", tmp_path, fitting_vqa=True) == []  # default vqa missing
+    report = ablation.main(["--out", str(tmp_path), "--collect", "--fitting-vqa", "--skip-default-vqa",
+                            "--rows", "mpma_3x_no_memory"])
+    row = report["rows"]["mpma_3x_no_memory"]
+    assert report["seeds"] == {"mpma_3x_no_memory": [0]}
+    assert row["vqa_fit_overall"]["mean"] == 80.0 and row["vqa_fit_train"]["mean"] == 85.0
+    assert "vqa_overall" not in row and row["mm_cls_accuracy"]["mean"] == 70.0
 
 
 def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_overrides, tmp_path,
