@@ -62,6 +62,8 @@ EXTRA_ROW_SPECS: dict[str, Row] = {
     # the part ablations at that budget (read them with --fitting-vqa: RESULTS section 6)
     **{f"mpma_3x_{part}": ("tiny", [*DEFAULT_ROW_SPECS[f"mpma_{part}"][1], "optim.steps=2100"])
        for part in ("no_local", "no_global", "no_memory", "no_itm")},
+    # both alignments off, the memory kept: M3AE-style plus MA-CMF's memory (is one alignment enough?)
+    "mpma_3x_no_align": ("tiny", ["objectives.global_align=0", "objectives.local_align=0", "optim.steps=2100"]),
 }
 ROWS: dict[str, Row] = {**DEFAULT_ROW_SPECS, **EXTRA_ROW_SPECS}
 DEFAULT_ROWS = tuple(DEFAULT_ROW_SPECS)
