@@ -35,14 +35,15 @@ def evaluate_vqa(scores: np.ndarray, examples: list[dict], answers: list[str]) -
     predictions = [answers[i] for i in scores.argmax(1)]
     golds = [normalize_answer(e["answer"]) for e in examples]
     result = M.vqa_accuracy(predictions, golds, [e["answer_type"] for e in examples], set(answers))
-    types = [e.get("question_type") for e in examples]
-    if any(types):
-        by_type: dict[str, dict] = {}
-        for kind in sorted({str(t) for t in types if t}):
-            rows = [i for i, t in enumerate(types) if t is not None and str(t) == kind]
-            correct = sum(predictions[i] == golds[i] for i in rows)  # a prediction is always in the vocabulary
-            by_type[kind] = {"accuracy": correct / len(rows), "n": len(rows)}
-        result["by_question_type"] = by_type
+    tallies: dict[str, list[int]] = {}  # question type -> [correct, count], in one pass
+    for prediction, gold, example in zip(predictions, golds, examples):
+        if example.get("question_type"):
+            tally = tallies.setdefault(str(example["question_type"]), [0, 0])
+            tally[0] += prediction == gold  # a prediction is always in the vocabulary
+            tally[1] += 1
+    if tallies:
+        result["by_question_type"] = {kind: {"accuracy": correct / count, "n": count}
+                                      for kind, (correct, count) in sorted(tallies.items())}
     return dict(result)
 
 
