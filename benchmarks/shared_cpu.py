@@ -19,6 +19,13 @@ synthetic batch (benchmarks/pretrain_step.py builds them); ``cli`` times the who
 
     python benchmarks/shared_cpu.py                          # step mode, 3 rounds, about 5 minutes on 2 cores
     python benchmarks/shared_cpu.py --mode cli --rounds 2    # the command of issue 14 (about 10 min idle)
+    python benchmarks/shared_cpu.py --mode cli --rounds 1 --policies default auto --busy-after 8 \
+        --cli-args optim.steps=100 run.eval_size=100           # the busy process starts 8 s into the run
+
+``--busy-after S`` (cli mode) starts the busy process S seconds *after* the measured command, when an
+auto run has already chosen its threads on an idle machine: ``default`` then behaves as auto did before
+it re-measured while training (2 threads kept), ``auto`` shows the re-measuring (engine/threads.py,
+``ThreadWatch``).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32, help="step mode: batch size")
     p.add_argument("--cli-args", nargs="*", default=["optim.steps=60", "run.eval_size=100"],
                    help="cli mode: overrides of `mpma pretrain`")
+    p.add_argument("--busy-after", type=float, default=0.0,
+                   help="cli mode: start the busy process this many seconds after the command (0: before it)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one step-mode measurement of POLICY
     return p.parse_args(argv)
@@ -91,7 +100,8 @@ def measure(policy: str, busy: bool, args) -> dict:
     env.pop("OMP_WAIT_POLICY", None)  # OpenMP's default: spin a while, then sleep
     if policy.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    hog = subprocess.Popen(BUSY) if busy else None
+    late = busy and args.mode == "cli" and args.busy_after > 0
+    hog = subprocess.Popen(BUSY) if busy and not late else None
     try:
         if hog is not None:
             time.sleep(0.5)  # let it run before the measured process looks at the free cores
@@ -111,7 +121,16 @@ def measure(policy: str, busy: bool, args) -> dict:
             command = [sys.executable, "-m", "mpma.cli", "pretrain", "--out", f"{tmp}/run", "--no-progress",
                        *args.cli_args, f"run.threads={threads}"]
             start = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if late:  # the run chooses its threads on an idle machine; the busy process arrives later
+                proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                try:
+                    proc.wait(timeout=args.busy_after)
+                except subprocess.TimeoutExpired:
+                    hog = subprocess.Popen(BUSY)
+                stdout, stderr = proc.communicate()
+                done = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+            else:
+                done = subprocess.run(command, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
         if done.returncode:
             raise RuntimeError(f"{policy} measurement failed:\n{done.stderr[-2000:]}")
@@ -140,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                   file=sys.stderr, flush=True)
     unit = "s/step" if args.mode == "step" else "s/run"
     what = f"{args.preset} batch {args.batch}, {args.steps} steps" if args.mode == "step" else " ".join(args.cli_args)
+    if args.mode == "cli" and args.busy_after > 0:
+        what += f", the busy process starting {args.busy_after:g} s into the run"
     print(f"\n{args.mode} mode ({what}), {os.cpu_count()} cores, {args.rounds} rounds; load average "
           f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (other jobs included)")
     print(f"{'policy':<9}{'threads alone/busy':>20}{'alone ' + unit:>15}{'busy ' + unit:>15}{'slowdown':>10}")
@@ -152,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary[policy] = {"slowdown": ratio, "alone": alone, "busy": busy, "rounds": rows}
         print(f"{policy:<9}{threads:>20}{alone:>15.3f}{busy:>15.3f}{ratio:>9.2f}x")
     print("slowdown: median over rounds of (beside one busy process / alone) in the same round")
-    result = {"mode": args.mode, "cores": os.cpu_count(), "cpu_features": cpu_features(), "load_average_start": load_before,
+    result = {"mode": args.mode, "busy_after_s": args.busy_after, "cores": os.cpu_count(), "cpu_features": cpu_features(), "load_average_start": load_before,
               "load_average_end": os.getloadavg(), "policies": summary}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -66,3 +66,86 @@ def test_configure_threads_sets_what_it_reports(monkeypatch, keep_threads) -> No
     assert (given.threads, given.source, given.free, torch.get_num_threads()) == (1, "given", None, 1)
     with pytest.raises(ValueError, match="run.threads must be >= 0"):
         configure_threads(-1)
+
+
+class _Clocks:
+    """Wall and process-CPU clocks a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = 100.0, 10.0
+
+    def advance(self, wall: float, own_cores: float) -> None:
+        self.wall += wall
+        self.cpu += wall * own_cores
+
+
+def _watched(tmp_path, monkeypatch, threads_now: int = 2):
+    """A ThreadWatch over 2 fake CPUs (100 ticks/s each) and a function that moves time on."""
+    stat, clocks, ticks = tmp_path / "stat", _Clocks(), {"idle": [0, 0], "busy": [0, 0]}
+    stat.write_text(_stat(ticks["idle"], ticks["busy"]))
+    monkeypatch.setattr(threads, "_STAT", str(stat))
+    monkeypatch.setattr(threads, "_OURS", {})
+    torch.set_num_threads(threads_now)
+    watch = threads.ThreadWatch(threads_now, 2, [0, 1], interval=5.0, clock=lambda: clocks.wall,
+                                cpu_clock=lambda: clocks.cpu)
+
+    def run(seconds: float, own_cores: float, other_cores: float) -> None:
+        """``seconds`` pass with this process on ``own_cores`` and others on ``other_cores`` (of 2)."""
+        busy = min(2.0, own_cores + other_cores)
+        for cpu in (0, 1):
+            ticks["busy"][cpu] += round(100 * seconds * busy / 2)
+            ticks["idle"][cpu] += round(100 * seconds * (1 - busy / 2))
+        stat.write_text(_stat(ticks["idle"], ticks["busy"]))
+        clocks.advance(seconds, own_cores)
+
+    return watch, run
+
+
+def test_thread_watch_drops_to_the_free_cores_when_another_process_starts_and_returns_after(
+        tmp_path, monkeypatch, keep_threads) -> None:
+    watch, run = _watched(tmp_path, monkeypatch)
+    run(5.0, own_cores=2.0, other_cores=0.0)  # alone: both cores are ours
+    assert watch.poll() is None and torch.get_num_threads() == 2
+    run(2.0, own_cores=2.0, other_cores=0.0)
+    assert watch.poll() is None  # not yet time to measure
+    run(3.0, own_cores=1.1, other_cores=0.9)  # a busy process arrives: it holds ~a core
+    assert watch.poll() == 1 and torch.get_num_threads() == 1 and watch.threads == 1
+    run(5.0, own_cores=1.0, other_cores=1.0)
+    assert watch.poll() is None and torch.get_num_threads() == 1  # still busy: stays at 1
+    run(5.0, own_cores=1.0, other_cores=0.0)  # it has left: one window is not enough to go back up
+    assert watch.poll() is None and torch.get_num_threads() == 1
+    run(5.0, own_cores=1.0, other_cores=0.0)
+    assert watch.poll() == 2 and torch.get_num_threads() == 2
+    run(5.0, own_cores=2.0, other_cores=0.0)
+    assert watch.poll() is None and torch.get_num_threads() == 2
+
+
+def test_thread_watch_never_goes_above_its_cap(tmp_path, monkeypatch, keep_threads) -> None:
+    watch, run = _watched(tmp_path, monkeypatch, threads_now=1)
+    watch.cap = 1  # e.g. OMP_NUM_THREADS=1: the auto choice's cap
+    for _ in range(3):
+        run(5.0, own_cores=1.0, other_cores=0.0)
+        assert watch.poll() is None and torch.get_num_threads() == 1
+
+
+def test_only_an_auto_choice_is_watched(monkeypatch, keep_threads) -> None:
+    monkeypatch.setattr(threads, "_OURS", {})
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1])
+    monkeypatch.setattr(threads, "free_cores", lambda cpus: (2.0, "/proc/stat"))
+    torch.set_num_threads(2)
+    configure_threads(0)
+    assert isinstance(threads._WATCH["watch"], threads.ThreadWatch)
+    assert threads._WATCH["watch"].cap == 2
+    configure_threads(1)
+    assert threads._WATCH["watch"] is None and threads.poll_threads() is None
+
+
+def test_the_trainer_polls_the_thread_watch_every_step(micro_config, monkeypatch, tmp_path) -> None:
+    from mpma.engine import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "poll_threads", lambda: calls.append(1))
+    from mpma.pipelines.pretraining import run_pretraining
+
+    run_pretraining(micro_config("optim.steps=3", "run.grounding_every=0"), tmp_path / "run", progress=False)
+    assert len(calls) == 3

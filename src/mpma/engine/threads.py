@@ -12,12 +12,15 @@ run starts, found by sampling ``/proc/stat`` over :data:`SAMPLE_SECONDS` for the
 may run on (``os.sched_getaffinity``), at least 1 and at most the thread count set before (torch's
 default, ``OMP_NUM_THREADS``, or the calling program's choice: see :func:`thread_cap`). Where ``/proc/stat``
 cannot be read the 1-minute load average stands in for the busy cores. A positive ``run.threads``
-is used as given. The choice is made once, at start; a process that starts competing later is not
-seen by it.
+is used as given. Under auto the choice is then re-made while the run trains (:class:`ThreadWatch`,
+every :data:`WATCH_SECONDS`): a process that starts competing later would otherwise slow the run as
+badly as torch's default does (measured: a quickstart VQA fine-tune on 2 auto threads went from 0.4 to
+8 s per step when one 1-thread pre-training started beside it), so the threads drop to the cores
+other processes leave, and come back (up to the first choice's cap) when they leave them again.
 
 The wait policy is left to OpenMP's default (spin a while at a barrier, then sleep). Setting
-``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) helps when a competing process starts
-*after* the run chose its threads, but it costs an idle machine: an 80-step ``mpma pretrain`` on this
+``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) helped when a competing process started
+*after* the run chose its threads (until :class:`ThreadWatch` re-made the choice), but it costs an idle machine: an 80-step ``mpma pretrain`` on this
 2-core machine, idle, took 48.0 and 50.7 s with PASSIVE against 38.8 and 37.1 s with spinning
 threads (1.3x), so it is not the default; set it in the environment where that trade is right.
 Figures of both policies beside a busy process: benchmarks/README.md, "Shared CPU".
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass
 
 SAMPLE_SECONDS = 0.2  # /proc/stat sampling window of free_cores()
+WATCH_SECONDS = 5.0  # how often a running auto-threaded job re-measures what other processes use
 _STAT = "/proc/stat"
 # What configure_threads last set ("set") and the setting it found before ("cap"): auto never goes above
 # the caller's setting (torch's default, OMP_NUM_THREADS, or what the embedding program set).
@@ -155,5 +159,79 @@ def configure_threads(requested: int, log: logging.Logger | None = None) -> Thre
 
     torch.set_num_threads(choice.threads)
     _OURS["set"] = choice.threads
+    _WATCH["watch"] = ThreadWatch(choice.threads, min(len(cpus), cap), cpus) if requested == 0 else None
     (log or logging.getLogger("mpma")).info(choice.describe())
     return choice
+
+
+class ThreadWatch:
+    """Re-makes an auto thread choice while the job runs, from what *other* processes use.
+
+    Every ``interval`` seconds (checked by :meth:`poll`, which the Trainer calls after each step) it
+    reads the busy ticks of ``cpus`` from ``/proc/stat`` and this process's own CPU time
+    (``time.process_time``, all its threads) over the window: other processes' cores = busy cores minus
+    our own. Threads for the rest follow :func:`auto_threads`, at most ``cap``. A lower count is set at
+    once (a thread sharing a busy core stalls every barrier); a higher one only when two windows in a
+    row ask for it, so a short burst of another job does not make the count flap.
+
+    Args:
+        threads: the count set now.
+        cap: the most threads it may set (the auto choice's own cap).
+        cpus: CPU ids this process may run on.
+        interval: seconds between measurements.
+        clock, cpu_clock: wall and process-CPU clocks (injectable for tests).
+    """
+
+    def __init__(self, threads: int, cap: int, cpus: list[int], interval: float = WATCH_SECONDS,
+                 clock=time.monotonic, cpu_clock=time.process_time) -> None:
+        self.threads, self.cap, self.cpus, self.interval = threads, cap, cpus, interval
+        self.clock, self.cpu_clock = clock, cpu_clock
+        self._wants_more = 0
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, int, int] | None:
+        """(wall s, own CPU s, busy ticks, total ticks) summed over ``cpus``; None without /proc/stat."""
+        times = _cpu_times(self.cpus)
+        if times is None:
+            return None
+        idle, total = sum(t[0] for t in times.values()), sum(t[1] for t in times.values())
+        return self.clock(), self.cpu_clock(), total - idle, total
+
+    def poll(self) -> int | None:
+        """Measure if ``interval`` has passed; return the new thread count when it changed, else None."""
+        if self._last is None or self.clock() - self._last[0] < self.interval:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        wall, own, busy, total = (b - a for a, b in zip(self._last, now))
+        self._last = now
+        if wall <= 0 or total <= 0:
+            return None
+        others = max(0.0, len(self.cpus) * busy / total - own / wall)
+        wanted = auto_threads(len(self.cpus) - others, len(self.cpus), self.cap)
+        if wanted > self.threads:
+            self._wants_more += 1
+            if self._wants_more < 2:
+                return None
+        self._wants_more = 0
+        if wanted == self.threads:
+            return None
+        import torch
+
+        logging.getLogger("mpma").info(
+            "other processes now keep %.1f of %d cores busy: %d -> %d intra-op threads (run.threads=0: auto)",
+            others, len(self.cpus), self.threads, wanted)
+        torch.set_num_threads(wanted)
+        self.threads = _OURS["set"] = wanted
+        return wanted
+
+
+_WATCH: dict[str, ThreadWatch | None] = {"watch": None}  # the auto choice being watched (configure_threads)
+
+
+def poll_threads() -> int | None:
+    """Let the watch of the last auto :func:`configure_threads` re-measure (cheap between measurements);
+    the new thread count when it changed it, else None. A no-op after a positive ``run.threads``."""
+    watch = _WATCH["watch"]
+    return watch.poll() if watch is not None else None

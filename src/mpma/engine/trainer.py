@@ -27,6 +27,7 @@ from mpma.engine import parallel
 from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
 from mpma.engine.precision import cpu_bf16_features, resolve_precision
 from mpma.engine.run_folder import RunFolderWarning, truncate_log
+from mpma.engine.threads import poll_threads
 
 
 class DivergenceError(ValueError, FloatingPointError):
@@ -376,6 +377,7 @@ class Trainer:
         log_path = self.run_dir / "log.jsonl"
         while self.step < total_steps:
             lr, values, samples, grad_norm = self.train_step(data)
+            poll_threads()  # run.threads=0: follow the cores other processes leave free (engine/threads.py)
             for key, value in values.items():
                 window.setdefault(key, []).extend(value)
             window_samples += samples
