@@ -10,7 +10,8 @@ Policies:
 
 - ``default``: torch's default threads (one per core): mpma before ``run.threads=0`` meant auto;
 - ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning);
-- ``auto``: ``run.threads=0``, the cores found free at start (:func:`mpma.engine.threads.configure_threads`);
+- ``auto``: ``run.threads=0``, the cores found free at start (:func:`mpma.engine.threads.configure_threads`),
+  re-measured every 5 s while it trains (``ThreadWatch``);
 - ``auto+passive``: both (``auto`` alone is the ``mpma`` default: PASSIVE costs an idle machine ~1.3x).
 
 Modes: ``step`` (default) times ``--steps`` Trainer steps of ``--preset`` at ``--batch`` on a
@@ -19,8 +20,7 @@ synthetic batch (benchmarks/pretrain_step.py builds them); ``cli`` times the who
 
     python benchmarks/shared_cpu.py                          # step mode, 3 rounds, about 5 minutes on 2 cores
     python benchmarks/shared_cpu.py --mode cli --rounds 2    # the command of issue 14 (about 10 min idle)
-    python benchmarks/shared_cpu.py --mode cli --rounds 1 --policies default auto --busy-after 8 \
-        --cli-args optim.steps=100 run.eval_size=100           # the busy process starts 8 s into the run
+    python benchmarks/shared_cpu.py --mode cli --rounds 1 --policies default auto --busy-after 8  # busy from 8 s in
 
 ``--busy-after S`` (cli mode) starts the busy process S seconds *after* the measured command, when an
 auto run has already chosen its threads on an idle machine: ``default`` then behaves as auto did before
