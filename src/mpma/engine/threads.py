@@ -20,8 +20,8 @@ other processes leave, and come back (up to the first choice's cap) when they le
 
 The wait policy is left to OpenMP's default (spin a while at a barrier, then sleep). Setting
 ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) helped when a competing process started
-*after* the run chose its threads (until :class:`ThreadWatch` re-made the choice), but it costs an idle machine: an 80-step ``mpma pretrain`` on this
-2-core machine, idle, took 48.0 and 50.7 s with PASSIVE against 38.8 and 37.1 s with spinning
+*after* the run chose its threads (until :class:`ThreadWatch` re-made the choice), but it costs an
+idle machine: an 80-step ``mpma pretrain`` on this 2-core machine, idle, took 48.0 and 50.7 s with PASSIVE against 38.8 and 37.1 s with spinning
 threads (1.3x), so it is not the default; set it in the environment where that trade is right.
 Figures of both policies beside a busy process: benchmarks/README.md, "Shared CPU".
 """
@@ -159,7 +159,8 @@ def configure_threads(requested: int, log: logging.Logger | None = None) -> Thre
 
     torch.set_num_threads(choice.threads)
     _OURS["set"] = choice.threads
-    _WATCH["watch"] = ThreadWatch(choice.threads, min(len(cpus), cap), cpus) if requested == 0 else None
+    most = min(len(cpus), cap)  # with one thread at most there is nothing to re-choose: no watch
+    _WATCH["watch"] = ThreadWatch(choice.threads, most, cpus) if requested == 0 and most > 1 else None
     (log or logging.getLogger("mpma")).info(choice.describe())
     return choice
 
