@@ -9,14 +9,17 @@ Every row is a preset plus overrides (never a code fork), pre-trained with the d
 budget on the same synthrad data, one pre-training per seed (``run.seed``); each pre-trained model is then
 fine-tuned / evaluated with the budgets of ``benchmarks/downstream.py`` and the same seed:
 
-- VQA overall / open / closed (``vqa``),
+- VQA overall / open / closed (``vqa``) with M3AE's recipe (``finetune/vqa_m3ae``: soft-score BCE, CLS
+  poolers, the classifier at 3x, clipping at 1.0; ``mpma finetune vqa``'s default until 2026-12-03, when
+  these columns were measured),
 - zero-shot retrieval R@1, image->text and text->image, with chance (``retrieval_zero_shot``; rows
   without the GLA-global head have none),
 - mm_cls accuracy, the 10%-label linear-probe AUC (``img_cls_probe_10pct``),
 - with ``--fitting-vqa``, VQA again at the same budget with the recipe ``finetune/vqa_real`` (cross-entropy,
   mean-pooled fused tokens, the classifier at 10x the rate, no clipping, the last epoch kept: the recipe
-  that fits VQA-RAD), because the ``vqa`` budget's default recipe does not fit synthrad's training
-  questions either (train accuracy = test accuracy, ~57%; docs/RESULTS.md section 6) (``vqa_fit``),
+  that fits VQA-RAD; its head and optimiser settings are now the VQA task's defaults), because M3AE's
+  recipe does not fit synthrad's training questions either (train accuracy = test accuracy, ~57%;
+  docs/RESULTS.md section 6) (``vqa_fit``),
 - the final pointing game of the pre-training run (GLA-local hit rate and the fusion attention's,
   with chance) and the MLM image gap (own image minus a shuffled one), from its ``summary.json``.
 
@@ -70,6 +73,7 @@ DEFAULT_ROWS = tuple(DEFAULT_ROW_SPECS)
 TASKS = ("vqa", "retrieval_zero_shot", "mm_cls", "img_cls_probe_10pct")
 FITTING_VQA_TASK = "vqa_fit"  # --fitting-vqa: the vqa budget on the finetune/vqa_real recipe
 FITTING_VQA_RECIPE = "finetune/vqa_real"
+M3AE_VQA_RECIPE = "finetune/vqa_m3ae"  # the vqa_* columns: the recipe they were measured with (the old default)
 COLUMNS = ("vqa_overall", "vqa_open", "vqa_closed", "vqa_fit_overall", "vqa_fit_open", "vqa_fit_closed", "vqa_fit_train",
            "zs_i2t_r1", "zs_t2i_r1", "zs_chance_r1", "mm_cls_accuracy",
            "probe10_auc", "pointing_local", "pointing_fusion", "pointing_chance", "mlm_gap")
@@ -94,7 +98,7 @@ def pretrain(row: str, seed: int, out: Path) -> Path | None:
 
 def row_tasks(row: str, fitting_vqa: bool = False, default_vqa: bool = True) -> list[str]:
     """The fine-tuning tasks of ``row`` (zero-shot retrieval needs a pre-trained GLA-global head), with
-    the fitting VQA recipe's run when ``fitting_vqa`` and without the default recipe's VQA run when not
+    the fitting VQA recipe's run when ``fitting_vqa`` and without the M3AE-recipe VQA run when not
     ``default_vqa``."""
     tasks = [task for task in TASKS
              if (task != "retrieval_zero_shot" or (ROWS[row] is not None and "zs" not in _missing_heads(row)))
@@ -129,7 +133,8 @@ def seed_figures(row: str, seed: int, out: Path, fitting_vqa: bool = False,
             figures.update(vqa_fit_overall=result["test"]["overall"], vqa_fit_open=result["test"]["open"],
                            vqa_fit_closed=result["test"]["closed"], vqa_fit_train=result["train_fit"]["overall"])
             continue
-        test = finetune(folder, task, init, extra=[f"run.seed={seed}"])["test"]
+        source = M3AE_VQA_RECIPE if task == "vqa" else None
+        test = finetune(folder, task, init, extra=[f"run.seed={seed}"], source=source)["test"]
         if task == "vqa":
             figures.update(vqa_overall=test["overall"], vqa_open=test["open"], vqa_closed=test["closed"])
         elif task == "retrieval_zero_shot":
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fitting-vqa", action="store_true",
                         help=f"also fine-tune VQA with the {FITTING_VQA_RECIPE} recipe at the same budget (vqa_fit_* columns)")
     parser.add_argument("--skip-default-vqa", action="store_true",
-                        help="do not fine-tune VQA with the default recipe (its vqa_* columns stay empty; with "
+                        help=f"do not fine-tune VQA with M3AE's recipe, {M3AE_VQA_RECIPE} (its vqa_* columns stay empty; with "
                              "--fitting-vqa this saves ~10 min per seed on a 1-thread stream)")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: summarise the seeds that have finished under --out (any number per row)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -144,8 +145,17 @@ def test_the_trainer_polls_the_thread_watch_every_step(micro_config, monkeypatch
     from mpma.engine import trainer as trainer_module
 
     calls = []
-    monkeypatch.setattr(trainer_module, "poll_threads", lambda: calls.append(1))
+
+    def poll() -> int | None:  # the watch changes the count once, after step 2
+        calls.append(1)
+        return 1 if len(calls) == 2 else None
+
+    monkeypatch.setattr(trainer_module, "poll_threads", poll)
     from mpma.pipelines.pretraining import run_pretraining
 
-    run_pretraining(micro_config("optim.steps=3", "run.grounding_every=0"), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    run_pretraining(micro_config("optim.steps=3", "run.grounding_every=0", "run.log_every=1"), run, progress=False)
     assert len(calls) == 3
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [record for record in records if "loss" in record]
+    assert [record.get("threads") for record in steps] == [None, 1, None]  # logged with the window it fell in

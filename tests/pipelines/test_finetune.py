@@ -95,6 +95,9 @@ def test_finetune_each_task_from_scratch_writes_metrics_and_reloads(tmp_path, mi
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "epoch" in line]
     assert len(epochs) == 1 and "val" in epochs[0]
     task_meta = json.loads((out / "task.json").read_text())
+    saved = json.loads((out / "config.json").read_text())
+    if task == "vqa":  # the run records the recipe it trained with
+        assert {f"{s}.{k}": saved[s][k] for s, k in (key.split(".") for key in VQA_RECIPE)} == VQA_RECIPE
     if task != "retrieval":
         assert task_meta["classes"], "the answer vocabulary / label names are saved with the head"
     # the saved head, vocabulary and tokenizer reproduce the test metrics exactly
@@ -445,12 +448,54 @@ def test_label_smoothing_spreads_the_cross_entropy_target(micro_config):
     assert torch.allclose(module({"targets": targets}).losses["task"], -log_p[torch.arange(2), targets].mean())
 
 
-@pytest.mark.parametrize("task", ["vqa", "img_cls"])
-def test_label_smoothing_needs_a_single_label_cross_entropy(tmp_path, capsys, task):
-    """VQA's default soft-score BCE and the uni-modal tasks have nothing to smooth: an error, not a silent no-op."""
+@pytest.mark.parametrize("task, loss", [("vqa", ["head.vqa_loss=bce"]), ("img_cls", [])])
+def test_label_smoothing_needs_a_single_label_cross_entropy(tmp_path, capsys, task, loss):
+    """VQA's soft-score BCE (M3AE's recipe) and the uni-modal tasks have nothing to smooth: an error, not a
+    silent no-op."""
     out = tmp_path / "run"
-    assert main(["finetune", task, "--out", str(out), "--no-progress", *SMALL_DATA, "head.label_smoothing=0.1"]) == 2
+    assert main(["finetune", task, "--out", str(out), "--no-progress", *SMALL_DATA, *loss,
+                 "head.label_smoothing=0.1"]) == 2
     assert "head.label_smoothing=0.1" in capsys.readouterr().err
+
+
+VQA_RECIPE = {"head.vqa_loss": "ce", "head.pool": "mean", "optim.head_lr_mult": 10.0, "optim.grad_clip": 0.0,
+              "optim.beta2": 0.98}
+M3AE_RECIPE = {"head.vqa_loss": "bce", "head.pool": "cls", "optim.head_lr_mult": 3.0, "optim.grad_clip": 1.0,
+               "optim.beta2": 0.999}
+
+
+def _settings(config, keys) -> dict:
+    values = {}
+    for key in keys:
+        section, name = key.split(".")
+        values[key] = getattr(getattr(config, section), name)
+    return values
+
+
+@pytest.mark.parametrize("task, source, overrides, expected", [
+    ("vqa", None, [], VQA_RECIPE),  # the task's recipe replaces the dataclass defaults
+    ("vqa", None, ["head.vqa_loss=bce", "optim.grad_clip=1"],  # the command line beats the recipe, key by key
+     {**VQA_RECIPE, "head.vqa_loss": "bce", "optim.grad_clip": 1.0}),
+    ("vqa", "finetune/vqa_m3ae", [], M3AE_RECIPE),  # a --config file beats the recipe
+    ("vqa", "finetune/vqa_m3ae", ["head.pool=mean"], {**M3AE_RECIPE, "head.pool": "mean"}),
+    ("vqa", "finetune/vqa_real", ["epochs=3"], VQA_RECIPE),
+    ("mm_cls", None, [], M3AE_RECIPE),  # a recipe belongs to its task: mm_cls keeps the dataclass defaults
+])
+def test_the_vqa_recipe_lies_beneath_a_config_file_and_the_overrides(task, source, overrides, expected):
+    from mpma.pipelines.finetuning import finetune_config
+
+    config = finetune_config(task, "scratch", None, source, overrides)
+    assert _settings(config, expected) == expected
+
+
+def test_a_user_config_file_without_the_recipe_keys_keeps_the_recipe(tmp_path):
+    from mpma.pipelines.finetuning import finetune_config
+
+    source = tmp_path / "mine.yaml"
+    source.write_text("epochs: 2\nhead: {hidden_mult: 1.0}\noptim: {lr: 1.0e-4}\n")
+    config = finetune_config("vqa", "scratch", None, str(source), [])
+    assert _settings(config, VQA_RECIPE) == VQA_RECIPE
+    assert (config.epochs, config.head.hidden_mult, config.optim.lr) == (2, 1.0, 1e-4)
 
 
 @pytest.mark.parametrize("override, key", [("optim.steps=5", "optim.steps"), ("run.checkpoint_every=3", "run.checkpoint_every")])

@@ -231,7 +231,8 @@ def _root(cls: type | None) -> type:
 
 
 def load_config(
-    source: str | None = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type | None = None
+    source: str | None = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type | None = None,
+    defaults: list[str] | tuple[str, ...] = (),
 ) -> Any:
     """Build a configuration from a preset name or YAML path plus ``key=value`` overrides.
 
@@ -240,12 +241,16 @@ def load_config(
             None = defaults. Removed keys in it are dropped with a warning.
         overrides: dotted overrides such as ``optim.lr=3e-4``; a removed key is an error.
         cls: the root dataclass; None = ``Config`` (pre-training). ``FinetuneConfig`` for fine-tuning.
+        defaults: dotted settings that replace the dataclass defaults beneath ``source`` and
+            ``overrides`` (a fine-tuning task's recipe, :attr:`mpma.tasks.base.Task.recipe`): the
+            order is dataclass defaults < ``defaults`` < ``source`` < ``overrides``.
     """
     cls = _root(cls)
+    base = overrides_to_dict(list(defaults))
     data = drop_removed_keys(_read_yaml(source), cls, str(source)) if source else {}
     update = overrides_to_dict(list(overrides))
     _reject_removed_overrides(update, cls)
-    return _build(cls, _merge(data, update))
+    return _build(cls, _merge(_merge(base, data), update))
 
 
 def config_from_dict(values: dict[str, Any], cls: type | None = None) -> Any:

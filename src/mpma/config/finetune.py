@@ -61,6 +61,7 @@ class TaskDataConfig:
 class HeadConfig:
     """Task-head settings."""
 
+    # the dataclass defaults; the vqa task's recipe (mpma.tasks.vqa.VQA.recipe) sets vqa_loss=ce, pool=mean
     vqa_loss: str = "bce"  # "bce" (soft-score, as M3AE) or "ce"
     answer_vocab: str = "train"  # "train" (train+val answers) or "all_splits" (M3AE's train+val+test)
     hidden_mult: float = 2.0  # MLP hidden width = hidden_mult x pooled width

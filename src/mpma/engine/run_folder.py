@@ -159,7 +159,9 @@ def changed_values(old: dict, new: dict) -> dict[str, tuple[object, object]]:
 
 
 def config_differences(saved: dict, wanted: dict, kind: str, ignore: set[str] = frozenset()) -> list[str]:
-    """``"key saved -> wanted"`` for every dotted key whose value differs (keys in ``ignore`` left out).
+    """``"key saved -> wanted"`` for every dotted key whose value differs (keys in ``ignore`` left out),
+    the top-level keys first (a task's recipe changes several ``head.*`` / ``optim.*`` keys at once, and a
+    listing cut at four names must still show the task that changed).
 
     ``saved`` is rebuilt through the configuration class of ``kind`` first, so that keys a newer
     version added (with their defaults) or removed do not count as differences.
@@ -170,7 +172,9 @@ def config_differences(saved: dict, wanted: dict, kind: str, ignore: set[str] = 
             saved = config_from_dict(saved, _CONFIG_CLASSES[kind]).to_dict()
     except (ConfigError, TypeError):
         return ["config.json (it is not a valid configuration of this version)"]
-    return [f"{key} {old!r} -> {new!r}" for key, (old, new) in changed_values(saved, wanted).items() if key not in ignore]
+    changed = [(key, values) for key, values in changed_values(saved, wanted).items() if key not in ignore]
+    changed.sort(key=lambda item: "." in item[0])  # top-level keys (task, init, preset, epochs) first: what the run is
+    return [f"{key} {old!r} -> {new!r}" for key, (old, new) in changed]
 
 
 def clear_run_files(folder: str | Path) -> list[str]:

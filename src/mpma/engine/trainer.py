@@ -375,9 +375,11 @@ class Trainer:
         window: dict[str, list[float]] = {}
         window_samples, window_start = 0, time.perf_counter()
         log_path = self.run_dir / "log.jsonl"
+        threads_now = None  # the intra-op thread count the watch last set, logged with the window it fell in
         while self.step < total_steps:
             lr, values, samples, grad_norm = self.train_step(data)
-            poll_threads()  # run.threads=0: follow the cores other processes leave free (engine/threads.py)
+            # run.threads=0: follow the cores other processes leave free (engine/threads.py)
+            threads_now = poll_threads() or threads_now
             for key, value in values.items():
                 window.setdefault(key, []).extend(value)
             window_samples += samples
@@ -388,6 +390,8 @@ class Trainer:
                 record = {"step": self.step, "lr": lr, **record, "samples_per_s": window_samples / max(elapsed, 1e-9)}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
+                if threads_now is not None:  # the watch changed the threads in this window: say so where speed is read
+                    record["threads"], threads_now = threads_now, None
                 if self.env.is_main:
                     with log_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")

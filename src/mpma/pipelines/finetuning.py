@@ -346,8 +346,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
 
 
 def finetune_config(task: str, init: str, data: str | None, source: str | None, overrides: list[str]) -> FinetuneConfig:
-    """Build a FinetuneConfig from the CLI's pieces (``source`` is an optional YAML file)."""
-    config = load_config(source, list(overrides), cls=FinetuneConfig)
+    """Build a FinetuneConfig from the CLI's pieces (``source`` is an optional YAML file): the task's
+    recipe (:attr:`mpma.tasks.base.Task.recipe`) beneath ``source`` beneath ``overrides``."""
+    config = load_config(source, list(overrides), cls=FinetuneConfig, defaults=get_task(task).recipe)
     config.task, config.init = task, init
     if data:
         config.data.dataset = data

@@ -64,6 +64,10 @@ class Task:
         synthrad_multi_label: synthrad labels of this task are multi-hot.
         smooths_labels: its module takes ``head.label_smoothing`` (a single-label cross-entropy loss;
             see :meth:`soft_targets` for a task whose loss depends on the config).
+        recipe: the task's own defaults, as ``key=value`` settings of :class:`FinetuneConfig`; they
+            replace the dataclass defaults beneath a ``--config`` file and the command line's
+            overrides (``mpma.pipelines.finetuning.finetune_config``), and the run's ``config.json``
+            records the values used.
     """
 
     name: ClassVar[str]
@@ -77,6 +81,7 @@ class Task:
     label_fraction: ClassVar[bool] = False
     synthrad_multi_label: ClassVar[bool] = False
     smooths_labels: ClassVar[bool] = False
+    recipe: ClassVar[tuple[str, ...]] = ()
 
     @property
     def reads_pair(self) -> bool:

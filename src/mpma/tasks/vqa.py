@@ -31,6 +31,14 @@ class VQA(Task):
     target = "answer"
     manifest_kind = "vqa"
     smooths_labels = True  # with head.vqa_loss=ce
+    # The recipe that fits the training questions (docs/RESULTS.md section 3, "Why VQA-RAD fine-tuning
+    # underfitted", and section 6): cross-entropy on the answer, mean-pooled fused tokens, the answer
+    # classifier alone at 10x the rate (the fusion at the backbone's), no gradient clipping. Through M3AE's
+    # recipe (soft-score BCE, CLS poolers, classifier at 3x, clipping at 1.0: --config finetune/vqa_m3ae)
+    # train accuracy stayed at test accuracy: VQA-RAD 30-40% train, synthrad ~57% train and test; with
+    # this recipe a 2,100-step MPMA run scores 81.1 +- 0.7 on synthrad against 62.6 +- 9.1.
+    recipe = ("head.vqa_loss=ce", "head.pool=mean", "optim.head_lr_mult=10", "optim.grad_clip=0",
+              "optim.beta2=0.98")
 
     def synthrad_examples(self, case, ref, index: int) -> list[dict]:
         return [{"image": ref, "question": q.question, "answer": q.answer, "answer_type": q.answer_type,
