@@ -348,7 +348,9 @@ def test_ablation_runs_every_row_as_overrides_and_summarises_seeds(tmp_path, mon
         pretrained.append((row, seed))
         return run_dir
 
-    def fake_finetune(folder, task, init, extra=()):
+    def fake_finetune(folder, task, init, extra=(), source=None):
+        # the vqa columns stay on the recipe they were measured with (M3AE's); the other tasks on their defaults
+        assert source == ("finetune/vqa_m3ae" if task == "vqa" else None)
         finetuned.append((folder.parent.name, task, folder.name, tuple(extra)))
         test = {"vqa": {"overall": 0.6, "open": 0.4, "closed": 0.8},
                 "retrieval_zero_shot": {"i2t": {"R@1": 0.2, "chance@1": 0.01}, "t2i": {"R@1": 0.3}},
@@ -391,6 +393,7 @@ def test_ablation_fitting_vqa_fine_tunes_vqa_again_on_the_recipe_at_the_same_bud
     report = ablation.main(["--out", str(tmp_path), "--seeds", "1", "--rows", "scratch", "--fitting-vqa"])
     fit = [c for c in calls if c[0] == "vqa_fit"]
     assert fit == [("vqa_fit", "scratch", (*ablation.TASK_BUDGETS["vqa"], "run.seed=0"), "vqa", "finetune/vqa_real")]
+    assert [c[4] for c in calls if c[0] == "vqa"] == ["finetune/vqa_m3ae"]  # the vqa_* columns: M3AE's recipe
     row = report["rows"]["scratch"]
     assert row["vqa_fit_overall"]["mean"] == 80.0 and row["vqa_fit_train"]["mean"] == 85.0 and row["vqa_overall"]["mean"] == 60.0
     assert "vqa_fit_overall" in ablation.table(report["rows"])

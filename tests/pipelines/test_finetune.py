@@ -130,8 +130,10 @@ def test_vqa_with_the_answer_slot_trains_reloads_and_answers(tmp_path, micro_pre
     from mpma.pipelines.finetuning import evaluate_run
 
     out = tmp_path / "vqa"
+    # M3AE's soft-score BCE here (the default is cross-entropy): the Predictor's sigmoid path is checked below,
+    # its softmax path in tests/test_inference.py
     assert main(["finetune", "vqa", "--out", str(out), "--no-progress", f"preset={micro_preset}", *SMALL_DATA,
-                 "head.pool=slot"]) == 0
+                 "head.pool=slot", "head.vqa_loss=bce"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     again = evaluate_run(out, "test")
     again.pop("test_set")
@@ -143,7 +145,7 @@ def test_vqa_with_the_answer_slot_trains_reloads_and_answers(tmp_path, micro_pre
     batch = encode_with_answer_slot(predictor.tokenizer, ["is there a nodule?", "which side is the nodule on?"],
                                     predictor.max_length)
     batch["images"] = predictor.preprocess([image, image])
-    expected = predictor.module.predict(batch).sigmoid()  # synthrad VQA's default head: M3AE's soft-score BCE
+    expected = predictor.module.predict(batch).sigmoid()  # a soft-score BCE head: independent sigmoids
     for row, ranked in enumerate(answers):
         best = int(expected[row].argmax())
         assert ranked[0]["answer"] == predictor.classes[best]
