@@ -1,6 +1,7 @@
 """The miniature reproduction on synthrad: does each part of MPMA matter? (issue 12's table)
 
-    python benchmarks/ablation.py --out runs/ablation                  # 7 rows x 3 seeds, ~3.8 h of one 1-thread stream
+    python benchmarks/ablation.py --out runs/ablation --jobs 2         # 7 rows x 3 seeds, two 1-thread streams: ~2 h
+    python benchmarks/ablation.py --out runs/ablation                  # the same in one stream, ~3.8 h at 1 thread
     python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
     python benchmarks/ablation.py --out runs/ablation --collect       # the table of whatever has finished
     python benchmarks/ablation.py --rows mpma_3x_no_memory --fitting-vqa --skip-default-vqa  # only the fitting VQA recipe
@@ -24,7 +25,10 @@ fine-tuned / evaluated with the budgets of ``benchmarks/downstream.py`` and the 
   with chance) and the MLM image gap (own image minus a shuffled one), from its ``summary.json``.
 
 Figures are mean and sd over the seeds, in percent. Finished runs are reused, so an interrupted
-command picks up where it stopped. Writes ``<out>/ablation.json`` (and ``--results``, e.g.
+command picks up where it stopped. With ``--jobs N`` the (row, seed) units run in N worker processes, each
+with ``OMP_NUM_THREADS`` = the usable cores // N (1 on a 2-core machine at ``--jobs 2``), longest first:
+on 2 cores two 1-thread streams finish the table in about half the time of one 2-thread stream, because
+the tiny model's ops do not scale to a second thread (RESULTS section 6). Writes ``<out>/ablation.json`` (and ``--results``, e.g.
 docs/results/ablation.json) as ``{"rows": {"<row>": {"vqa_overall": {"mean", "sd"}, ...}}, ...}`` and
 prints a markdown table with the wall time.
 """
@@ -33,8 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -189,6 +197,42 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def run_units(units: list[tuple[str, int]], work, jobs: int = 1) -> dict[tuple[str, int], dict]:
+    """``work(row, seed)`` for every unit, in this process (``jobs`` 1) or in ``jobs`` spawned worker
+    processes, each limited to ``usable cores // jobs`` intra-op threads (``OMP_NUM_THREADS``, which
+    mpma's thread choice honours). Units are started in the given order; a unit that fails stops the
+    command once the running ones finish (what finished stays on disk and is reused next time).
+
+    Returns:
+        {(row, seed): work's result}.
+    """
+    if jobs <= 1:
+        return {(row, seed): work(row, seed) for row, seed in units}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // jobs))  # inherited by the spawned workers
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {unit: pool.submit(work, *unit) for unit in units}
+            return {unit: future.result() for unit, future in futures.items()}
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+
+
+def _longest_first(units: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Pre-training rows before scratch, more steps first: two streams then end close together."""
+    def budget(unit: tuple[str, int]) -> int:
+        spec = ROWS[unit[0]]
+        if spec is None:
+            return 0
+        steps = [int(o.split("=", 1)[1]) for o in spec[1] if o.startswith("optim.steps=")]
+        return steps[0] if steps else 700
+    return sorted(units, key=budget, reverse=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
@@ -203,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "--fitting-vqa this saves ~10 min per seed on a 1-thread stream)")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: summarise the seeds that have finished under --out (any number per row)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run the (row, seed) units in this many processes, each with cores // jobs threads "
+                             "(2 on a 2-core machine: two 1-thread streams)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     default_vqa = not args.skip_default_vqa
@@ -212,9 +259,15 @@ def main(argv: list[str] | None = None) -> dict:
         empty = [row for row in args.rows if not seeds[row]]
         if empty:
             parser.error(f"--collect: no finished seed under {args.out} for {', '.join(empty)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+    units = [(row, seed) for row in args.rows for seed in seeds[row]]
+    figures = run_units(units if args.collect else _longest_first(units),
+                        partial(seed_figures, out=args.out, fitting_vqa=args.fitting_vqa, default_vqa=default_vqa),
+                        1 if args.collect else args.jobs)
     rows = {}
     for row in args.rows:
-        rows[row] = summarise([seed_figures(row, seed, args.out, args.fitting_vqa, default_vqa) for seed in seeds[row]])
+        rows[row] = summarise([figures[row, seed] for seed in seeds[row]])
         print(json.dumps({row: rows[row]}), flush=True)
     wall = round(time.perf_counter() - started, 1)
     seconds = {row: [seed_seconds(row, seed, args.out) for seed in seeds[row]] for row in args.rows}

@@ -461,3 +461,30 @@ def test_real_vqa_collect_summarises_finished_runs_and_trains_nothing(tmp_path, 
     assert report["missing_runs"] == ["vqa-question_only-seed0", "vqa-question_only-seed1", "vqa-question_only-seed2",
                                       "vqa-scratch-seed2"]
     assert report["run_seconds"]["pretrain-mpma_minilm"] == 100.0
+
+
+def _report_process(row: str, seed: int) -> tuple[str, int, int, str | None]:
+    """A unit of work for ablation.run_units: which process ran it, with which thread setting."""
+    import os
+
+    return row, seed, os.getpid(), os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jobs: int, monkeypatch) -> None:
+    import os
+
+    ablation = _script("ablation")
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    units = [("mpma", 0), ("scratch", 0), ("mpma_3x_steps", 1)]
+    results = ablation.run_units(units, _report_process, jobs)
+    assert list(results) == units and all(results[u][:2] == u for u in units)
+    cores = len(os.sched_getaffinity(0))
+    if jobs == 1:  # in this process, the caller's setting untouched
+        assert {r[2] for r in results.values()} == {os.getpid()} and {r[3] for r in results.values()} == {"7"}
+    else:
+        assert os.getpid() not in {r[2] for r in results.values()}
+        assert {r[3] for r in results.values()} == {str(max(1, cores // jobs))}
+    assert os.environ["OMP_NUM_THREADS"] == "7"  # restored for the caller
+    # the longest pre-trainings start first, scratch (nothing to pre-train) last
+    assert ablation._longest_first(units) == [("mpma_3x_steps", 1), ("mpma", 0), ("scratch", 0)]

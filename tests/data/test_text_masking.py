@@ -261,3 +261,101 @@ def test_vectorised_masking_takes_words_in_key_order() -> None:
     assert set(counts.tolist()) <= {2, 3, 4}  # or a 2-piece word, or one 1-piece then the 3-piece word
     first_word = (labels[:, 1:4] != -100)
     assert torch.all(first_word.all(dim=1) | ~first_word.any(dim=1))  # word 0 all or nothing
+
+
+# ------------------------------------------------------------------ weighted masking (text.mask_weighting)
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_weighted_masking_keeps_the_exact_count_and_follows_the_weights(whole_word: bool) -> None:
+    ids, special = _ids(batch=300, length=30, pad_from=[30 - (i % 20) for i in range(300)], seed=5)
+    word_ids = torch.where(special == 1, -1, torch.arange(30).repeat(300, 1)) if whole_word else None
+    weights = torch.ones(VOCAB)
+    heavy = torch.arange(10, VOCAB, 2)  # even ids weigh 20x the odd ones
+    weights[heavy] = 20.0
+    _, labels = mask_tokens(ids, special, MASK_ID, VOCAB, 0.2, word_ids=word_ids,
+                            generator=torch.Generator().manual_seed(0), token_weights=weights)
+    selected = labels != -100
+    assert not torch.any(selected & (special == 1))
+    for row in range(ids.shape[0]):
+        n = int((special[row] == 0).sum())
+        assert int(selected[row].sum()) == max(1, round(0.2 * n)), row
+    maskable = special == 0
+    even_share_of_maskable = float((ids[maskable] % 2 == 0).float().mean())  # ~0.5
+    even_share_of_masked = float((ids[selected] % 2 == 0).float().mean())
+    _, uniform_labels = mask_tokens(ids, special, MASK_ID, VOCAB, 0.2, word_ids=word_ids,
+                                    generator=torch.Generator().manual_seed(0))
+    uniform_share = float((ids[uniform_labels != -100] % 2 == 0).float().mean())
+    assert abs(uniform_share - even_share_of_maskable) < 0.05  # uniform draws ignore the weights
+    assert even_share_of_masked > 0.85  # 20:1 weights: nearly every masked token is an even one
+
+
+def test_a_weightless_word_is_masked_only_when_the_count_needs_it() -> None:
+    """Exponential clocks over weights: a token of (floored) weight ~0 is taken only after every other."""
+    ids = torch.tensor([[2, 20, 21, 22, 23, 3]] * 50)
+    special = torch.tensor([[1, 0, 0, 0, 0, 1]] * 50)
+    weights = torch.ones(VOCAB)
+    weights[20] = 1e-6
+    _, labels = mask_tokens(ids, special, MASK_ID, VOCAB, 0.75, generator=torch.Generator().manual_seed(1),
+                            token_weights=weights)  # 3 of 4 maskable tokens: always 21, 22, 23
+    assert torch.all(labels[:, 1] == -100) and torch.all(labels[:, 2:5] != -100)
+
+
+@pytest.mark.parametrize("kind", ["idf", "surprisal"])
+def test_mask_weights_favour_the_words_the_text_leaves_open(tokenizer, kind: str) -> None:
+    from mpma.data.text import mask_weights
+
+    # "left"/"right" and the finding words vary from text to text; "the", "in", "is", "." never do
+    sides, findings = ["left", "right"], ["nodule", "effusion", "opacity", "mass"]
+    texts = [f"there is a {findings[i % 4]} in the {sides[(i // 4) % 2]} lower zone ." for i in range(400)]
+    weights = mask_weights(tokenizer, texts, 32, kind)
+    vocab = tokenizer.get_vocab()
+    assert weights.shape == (len(tokenizer),) and torch.all(weights > 0)
+    for fixed in ["the", "is", "in", "."]:
+        for varying in findings if kind == "idf" else [*sides, *findings]:
+            assert weights[vocab[varying]] > 3 * weights[vocab[fixed]], (fixed, varying)
+    if kind == "surprisal":  # two equally likely sides: ln 2; four findings: ln 4
+        assert float(weights[vocab["left"]]) == pytest.approx(0.693, abs=0.05)
+        assert float(weights[vocab["nodule"]]) == pytest.approx(1.386, abs=0.05)
+    with pytest.raises(ValueError, match="no texts"):
+        mask_weights(tokenizer, [], 32, kind)
+
+
+def test_config_mask_weighting_choices() -> None:
+    from mpma.config import ConfigError, load_config
+
+    assert load_config("tiny").text.mask_weighting == "uniform"
+    assert load_config("tiny", ["text.mask_weighting=surprisal"]).text.mask_weighting == "surprisal"
+    with pytest.raises(ConfigError, match="text.mask_weighting"):
+        load_config("tiny", ["text.mask_weighting=tfidf"])
+
+
+def test_task_refuses_weighted_masking_without_weights(micro_config, build_task, tokenizer) -> None:
+    task = build_task(micro_config("text.mask_weighting=idf"))
+    pairs = _synthrad_pairs(4)
+    from mpma.data.pairs import PairCollator
+
+    batch = PairCollator(tokenizer, 32)([pairs[i] for i in range(4)])
+    with pytest.raises(ValueError, match="token_mask_weights"):
+        task(batch, torch.Generator().manual_seed(0))
+    task.token_mask_weights = torch.ones(len(tokenizer))
+    assert torch.isfinite(task(batch, torch.Generator().manual_seed(0)).losses["mlm"])
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "surprisal"])
+def test_pretraining_masks_with_weights_from_its_training_texts(micro_config, tokenizer, weighting: str) -> None:
+    from types import SimpleNamespace
+
+    from mpma.data.text import RUN_TOKENIZER_TEXTS, mask_weights
+    from mpma.pipelines.pretraining import _text_masker, build_pretrain_data, build_task
+
+    config = micro_config(f"text.mask_weighting={weighting}")
+    data = build_pretrain_data(config)
+    task = build_task(config, tokenizer)
+    masker = _text_masker(task, config, SimpleNamespace(rank=0), data, tokenizer)
+    if weighting == "uniform":
+        assert masker.token_weights is None and task.token_mask_weights is None
+        return
+    expected = mask_weights(tokenizer, data.train.texts()[:RUN_TOKENIZER_TEXTS], config.text.max_length, weighting)
+    assert torch.equal(masker.token_weights, expected)
+    assert task.token_mask_weights is masker.token_weights  # the task's own masking path draws the same way

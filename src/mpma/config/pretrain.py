@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")  # run.parallel: mpma.engine.parallel shards for fsdp
 ACTIVATIONS = ("gelu", "quick_gelu")  # mpma.models.layers.ACTIVATIONS
 ALIGN_POOLS = ("cls", "mean")
+MASK_WEIGHTINGS = ("uniform", "idf", "surprisal")  # text.mask_weighting: mpma.data.text.mask_weights
 _MODEL_TYPE = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
@@ -90,6 +91,7 @@ class TextConfig:
     max_length: int = 64
     mask_ratio: float = 0.15
     whole_word: bool = False
+    mask_weighting: str = "uniform"  # which tokens MLM masks: uniform, idf or surprisal (mpma.data.text.mask_weights)
     dropout: float = 0.1  # hidden and attention dropout of the text encoder (BERT/RoBERTa default 0.1)
     init: str | None = None
 
@@ -102,6 +104,7 @@ class TextConfig:
         checks.divisible("text.width", self.width, "text.heads", self.heads)
         checks.at_least("text.max_length", self.max_length, 4, "tokens per text, special tokens included")
         checks.in_range("text.mask_ratio", self.mask_ratio, 0.0, 1.0, note="the share of tokens masked for MLM")
+        checks.choice("text.mask_weighting", self.mask_weighting, MASK_WEIGHTINGS)
         checks.in_range("text.dropout", self.dropout, 0.0, 1.0)
         if self.tokenizer_corpora is None:
             return

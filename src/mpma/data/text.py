@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import string
 from collections import Counter
@@ -293,6 +294,7 @@ def mask_tokens(
     mask_ratio: float = 0.15,
     word_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking with an exact count per sequence: 80% [MASK], 10% random token, 10% unchanged.
 
@@ -303,11 +305,17 @@ def mask_tokens(
     and a unit is taken when fewer than ``count`` maskable tokens have a smaller key. It runs where the
     batch is collated (:class:`TextMasker`, on the loader workers) or on any device.
 
+    With ``token_weights`` the units are drawn without replacement in proportion to their weight
+    (a unit's key is ``Exp(1) / weight``, the exponential-clock form of weighted sampling; a word's
+    weight is its heaviest piece's): the count per sequence is unchanged, only *which* tokens are
+    masked moves towards the heavy ones (:func:`mask_weights`: words the text around them leaves open over function words).
+
     Args:
         input_ids: (B, T) token ids.
         special_tokens_mask: (B, T) 1 at special and padding tokens (never masked).
         word_ids: (B, T) word index per token (-1 for specials), enables whole-word masking.
         generator: RNG for the draws (CPU, or on ``input_ids``' device).
+        token_weights: (V,) positive weight per token id, or None for uniform draws.
 
     Returns:
         masked input ids (B, T) and labels (B, T): the original id at masked positions, -100 elsewhere.
@@ -321,12 +329,24 @@ def mask_tokens(
 
     maskable = special_tokens_mask == 0
     count = (mask_ratio * maskable.sum(dim=1).double()).round().clamp(min=1)  # (B,)
-    if word_ids is None:
-        keys = uniform(rows, length)  # (B, T): each token is its own unit
+    if token_weights is None:
+        if word_ids is None:
+            keys = uniform(rows, length)  # (B, T): each token is its own unit
+        else:
+            words = word_ids.long().clamp(min=0)
+            keys = uniform(rows, int(words.max()) + 1 if words.numel() else 1).gather(1, words)  # (B, T) its word's
+        keys = keys.masked_fill(~maskable, 2.0)  # above every real key: never taken
     else:
-        words = word_ids.long().clamp(min=0)
-        keys = uniform(rows, int(words.max()) + 1 if words.numel() else 1).gather(1, words)  # (B, T) key of its word
-    keys = keys.masked_fill(~maskable, 2.0)  # above every real key: never taken
+        weights = token_weights.to(device)[input_ids].masked_fill(~maskable, 0.0)  # (B, T)
+        if word_ids is None:
+            clocks = -torch.log1p(-uniform(rows, length))  # (B, T) Exp(1) per token
+        else:
+            words = word_ids.long().clamp(min=0)
+            units = int(words.max()) + 1 if words.numel() else 1
+            weights = torch.zeros(rows, units, device=device).scatter_reduce(
+                1, words, weights, reduce="amax").gather(1, words)  # (B, T) its word's heaviest piece
+            clocks = -torch.log1p(-uniform(rows, units)).gather(1, words)  # (B, T) Exp(1) per word
+        keys = (clocks / weights.clamp(min=1e-6)).masked_fill(~maskable, float("inf"))  # never taken: inf
     ordered = keys.sort(dim=1).values  # (B, T)
     before = torch.searchsorted(ordered, keys, side="left")  # (B, T) tokens with a smaller key
     selected = maskable & (before < count[:, None])
@@ -350,23 +370,80 @@ class TextMasker:
         mask_ratio: fraction of maskable tokens per sequence.
         whole_word: mask every word piece of a chosen word together.
         seed: the run's data seed.
+        token_weights: (V,) draw weight per token id (:func:`mask_weights`), None for uniform draws.
     """
 
-    def __init__(self, mask_token_id: int, vocab_size: int, mask_ratio: float, whole_word: bool, seed: int) -> None:
+    def __init__(self, mask_token_id: int, vocab_size: int, mask_ratio: float, whole_word: bool, seed: int,
+                 token_weights: torch.Tensor | None = None) -> None:
         self.mask_token_id = mask_token_id
         self.vocab_size = vocab_size
         self.mask_ratio = mask_ratio
         self.whole_word = whole_word
         self.seed = seed
+        self.token_weights = token_weights
 
     def __call__(self, batch: dict[str, torch.Tensor], batch_number: int) -> dict[str, torch.Tensor]:
         """Add the masked copy to ``batch`` (input_ids, special_tokens_mask, word_ids: (B, T))."""
         generator = torch.Generator().manual_seed(_mix(self.seed, batch_number))
         batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
             batch["input_ids"], batch["special_tokens_mask"], self.mask_token_id, self.vocab_size, self.mask_ratio,
-            batch["word_ids"] if self.whole_word else None, generator,
+            batch["word_ids"] if self.whole_word else None, generator, self.token_weights,
         )
         return batch
+
+
+def mask_weights(tokenizer, texts: list[str], max_length: int, kind: str) -> torch.Tensor:
+    """MLM draw weights per token id, (V,), estimated from ``texts`` (``text.mask_weighting``).
+
+    - ``idf``: inverse document frequency, ``log((1 + N) / (1 + df))`` for a token found in ``df``
+      of the ``N`` texts: rare words over frequent ones.
+    - ``surprisal``: how poorly the two neighbouring tokens predict the token, the mean over its
+      occurrences of ``-log p(token | previous, next)`` from counts over ``texts`` with that very
+      occurrence left out (smoothed towards the token's overall frequency). A token the text around
+      it gives away ("the", "is", a full stop) weighs ~0; one it leaves open ("left" against "right"
+      in "the _ lower zone", a finding's name) weighs the log of its alternatives: what the image
+      has to supply.
+
+    Each text is tokenised as training sees it (truncated at ``max_length``). Weights are floored at
+    a tenth of the median weight of the tokens that occur, so no token is never masked; ids absent
+    from ``texts`` get the largest weight.
+    """
+    if not texts:
+        raise ValueError("mask_weights: no texts to estimate token weights from")
+    sequences = []
+    for start in range(0, len(texts), 1024):
+        sequences += tokenizer(texts[start:start + 1024], truncation=True, max_length=max_length,
+                               add_special_tokens=False)["input_ids"]
+    vocab = len(tokenizer)
+    occurrences = torch.zeros(vocab, dtype=torch.float64)
+    if kind == "idf":
+        for ids in sequences:
+            occurrences[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+        weights = torch.log((1.0 + len(sequences)) / (1.0 + occurrences))
+    elif kind == "surprisal":
+        triples: Counter[tuple[int, int, int]] = Counter()
+        contexts: Counter[tuple[int, int]] = Counter()
+        for ids in sequences:
+            padded = [-1, *ids, -2]  # -1 / -2: the text's start and end
+            for prev, token, following in zip(padded, padded[1:], padded[2:]):
+                triples[prev, token, following] += 1
+                contexts[prev, following] += 1
+                occurrences[token] += 1
+        total = float(occurrences.sum())
+        surprisal = torch.zeros(vocab, dtype=torch.float64)
+        for (prev, token, following), count in triples.items():
+            prior = (float(occurrences[token]) - 1.0 + 1.0) / total  # the token's frequency, this one left out
+            # leave-one-out: the other occurrences of this context predict this one; one pseudo-count of prior
+            chance = (count - 1 + prior) / (contexts[prev, following] - 1 + 1.0)
+            surprisal[token] += -count * math.log(chance)
+        weights = surprisal / occurrences.clamp(min=1.0)
+    else:
+        raise ValueError(f"mask_weights: kind must be idf or surprisal, got {kind!r}")
+    seen = occurrences > 0
+    floor = 0.1 * float(weights[seen].median()) if seen.any() else 1.0
+    weights = weights.clamp(min=max(floor, 1e-3))
+    weights[~seen] = weights.max()
+    return weights.float()
 
 
 def _mix(seed: int, batch_number: int) -> int:

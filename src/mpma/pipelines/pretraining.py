@@ -34,7 +34,8 @@ from mpma.data.pairs import ByteBudget, ManifestPairs, MixturePairs, PairCollato
 from mpma.data.sampling import CountingCollate, EpochBatches, iterate_batches
 from mpma.data.shards import open_pairs
 from mpma.data.synthrad import SynthRad
-from mpma.data.text import CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, TextMasker, cached_tokenizer, load_tokenizer
+from mpma.data.text import (CORPUS_TOKENIZER_TEXTS, RUN_TOKENIZER_TEXTS, TextMasker, cached_tokenizer, load_tokenizer,
+                            mask_weights)
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import distributed
 from mpma.engine.run_folder import PRETRAIN, RunLock, prepare_run_folder, resumable_run
@@ -290,7 +291,7 @@ def _pretrain(config: Config, run_dir: Path, env, resume: bool, progress: bool, 
         if changes:
             record_config_change(run_dir, trainer.step, changes)
     collate = PairCollator(tokenizer, config.text.max_length)  # held-out evaluation: no masking
-    train_collate = PairCollator(tokenizer, config.text.max_length, masker=_text_masker(task, config, env))
+    train_collate = PairCollator(tokenizer, config.text.max_length, masker=_text_masker(task, config, env, data, tokenizer))
     bad = BadRecords.for_training(data, config.data.max_bad_fraction, run_dir, env, fresh=latest is None)
     started = time.perf_counter()
     try:
@@ -409,12 +410,22 @@ def _batches(dataset, collate, config: Config, env, start: int):
     return iterate_batches(dataset, collate, sampler, start, workers, pin_memory=pin)
 
 
-def _text_masker(task: PretrainTask, config: Config, env) -> TextMasker | None:
-    """The MLM masking of the training batches, drawn on the loader workers (None without MLM)."""
+def _text_masker(task: PretrainTask, config: Config, env, data: PretrainData, tokenizer) -> TextMasker | None:
+    """The MLM masking of the training batches, drawn on the loader workers (None without MLM).
+
+    With ``text.mask_weighting`` idf or surprisal the draw weights (:func:`mpma.data.text.mask_weights`)
+    are estimated from the first RUN_TOKENIZER_TEXTS training texts under the run's tokenizer: the same
+    on every rank and on resume, as they depend on the data and the saved tokenizer only.
+    """
     if "mlm" not in task.loss_weights:
         return None
+    weights = None
+    if config.text.mask_weighting != "uniform":
+        weights = mask_weights(tokenizer, data.train.texts()[:RUN_TOKENIZER_TEXTS], config.text.max_length,
+                               config.text.mask_weighting)
+        task.token_mask_weights = weights
     return TextMasker(task.mask_token_id, task.vocab_size, config.text.mask_ratio, config.text.whole_word,
-                      seed=config.run.seed * 1_000_003 + env.rank)
+                      seed=config.run.seed * 1_000_003 + env.rank, token_weights=weights)
 
 
 def evaluate_zero_shot_retrieval(model, data: PretrainData, collate, config: Config, device) -> dict:

@@ -51,6 +51,8 @@ class PretrainTask(nn.Module):
         self.config = config
         self.mask_token_id = mask_token_id
         self.vocab_size = vocab_size
+        # (V,) MLM draw weights for text.mask_weighting=idf when the text is masked here, not in the collate step
+        self.token_mask_weights: torch.Tensor | None = None
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -75,9 +77,13 @@ class PretrainTask(nn.Module):
         if "mlm" in weights and "mlm_labels" in batch:  # masked by the collate step (TextMasker)
             input_ids, labels = batch["mlm_input_ids"], batch["mlm_labels"]
         elif "mlm" in weights:
+            if text_cfg.mask_weighting != "uniform" and self.token_mask_weights is None:
+                raise ValueError(f"text.mask_weighting={text_cfg.mask_weighting} needs token_mask_weights set on the task "
+                                 "(mpma.data.text.mask_weights), or batches masked by a TextMasker")
             input_ids, labels = mask_tokens(
                 batch["input_ids"], batch["special_tokens_mask"], self.mask_token_id, self.vocab_size,
                 text_cfg.mask_ratio, batch["word_ids"] if text_cfg.whole_word else None, generator,
+                self.token_mask_weights if text_cfg.mask_weighting != "uniform" else None,
             )
         mlm_positions = labels != -100 if labels is not None else None
         images = batch["images"]
