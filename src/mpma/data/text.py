@@ -308,7 +308,8 @@ def mask_tokens(
     With ``token_weights`` the units are drawn without replacement in proportion to their weight
     (a unit's key is ``Exp(1) / weight``, the exponential-clock form of weighted sampling; a word's
     weight is its heaviest piece's): the count per sequence is unchanged, only *which* tokens are
-    masked moves towards the heavy ones (:func:`mask_weights`: words the text around them leaves open over function words).
+    masked moves towards the heavy ones (:func:`mask_weights`: the words the text around them leaves
+    open, over function words).
 
     Args:
         input_ids: (B, T) token ids.
@@ -423,19 +424,21 @@ def mask_weights(tokenizer, texts: list[str], max_length: int, kind: str) -> tor
     elif kind == "surprisal":
         triples: Counter[tuple[int, int, int]] = Counter()
         contexts: Counter[tuple[int, int]] = Counter()
+        tokens: Counter[int] = Counter()
         for ids in sequences:
             padded = [-1, *ids, -2]  # -1 / -2: the text's start and end
-            for prev, token, following in zip(padded, padded[1:], padded[2:]):
-                triples[prev, token, following] += 1
-                contexts[prev, following] += 1
-                occurrences[token] += 1
-        total = float(occurrences.sum())
+            triples.update(zip(padded, padded[1:], padded[2:]))
+            contexts.update(zip(padded, padded[2:]))
+            tokens.update(ids)
+        total = sum(tokens.values())
         surprisal = torch.zeros(vocab, dtype=torch.float64)
         for (prev, token, following), count in triples.items():
-            prior = (float(occurrences[token]) - 1.0 + 1.0) / total  # the token's frequency, this one left out
-            # leave-one-out: the other occurrences of this context predict this one; one pseudo-count of prior
-            chance = (count - 1 + prior) / (contexts[prev, following] - 1 + 1.0)
-            surprisal[token] += -count * math.log(chance)
+            # leave-one-out: the context's other occurrences predict this one, plus one pseudo-count spread by
+            # the token's frequency (add-one on its left-out count, so never 0)
+            chance = (count - 1 + tokens[token] / total) / contexts[prev, following]
+            surprisal[token] -= count * math.log(chance)
+        for token, count in tokens.items():
+            occurrences[token] = count
         weights = surprisal / occurrences.clamp(min=1.0)
     else:
         raise ValueError(f"mask_weights: kind must be idf or surprisal, got {kind!r}")
