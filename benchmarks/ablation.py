@@ -41,7 +41,7 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 
@@ -200,21 +200,36 @@ def table(rows: dict[str, dict]) -> str:
 def run_units(units: list[tuple[str, int]], work, jobs: int = 1) -> dict[tuple[str, int], dict]:
     """``work(row, seed)`` for every unit, in this process (``jobs`` 1) or in ``jobs`` spawned worker
     processes, each limited to ``usable cores // jobs`` intra-op threads (``OMP_NUM_THREADS``, which
-    mpma's thread choice honours). Units are started in the given order; a unit that fails stops the
-    command once the running ones finish (what finished stays on disk and is reused next time).
+    mpma's thread choice honours). Units are started in the given order and a line is printed as each
+    finishes; a unit that fails stops the command once the running ones finish (what finished stays on
+    disk and is reused next time).
 
     Returns:
-        {(row, seed): work's result}.
+        {(row, seed): work's result}, in the order of ``units``.
     """
+    started = time.perf_counter()
+
+    def done(count: int, unit: tuple[str, int]) -> None:
+        print(f"[{count}/{len(units)}] {unit[0]} seed {unit[1]} finished, {time.perf_counter() - started:.0f} s "
+              "into the command", flush=True)
+
     if jobs <= 1:
-        return {(row, seed): work(row, seed) for row, seed in units}
+        results = {}
+        for count, unit in enumerate(units, 1):
+            results[unit] = work(*unit)
+            done(count, unit)
+        return results
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(max(1, cores // jobs))  # inherited by the spawned workers
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {unit: pool.submit(work, *unit) for unit in units}
-            return {unit: future.result() for unit, future in futures.items()}
+            futures = {pool.submit(work, *unit): unit for unit in units}
+            results = {}
+            for count, future in enumerate(as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                done(count, futures[future])
+            return {unit: results[unit] for unit in units}
     finally:
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)

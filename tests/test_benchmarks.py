@@ -471,7 +471,7 @@ def _report_process(row: str, seed: int) -> tuple[str, int, int, str | None]:
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jobs: int, monkeypatch) -> None:
+def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jobs: int, monkeypatch, capsys) -> None:
     import os
 
     ablation = _script("ablation")
@@ -486,5 +486,7 @@ def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jo
         assert os.getpid() not in {r[2] for r in results.values()}
         assert {r[3] for r in results.values()} == {str(max(1, cores // jobs))}
     assert os.environ["OMP_NUM_THREADS"] == "7"  # restored for the caller
+    printed = capsys.readouterr().out  # one line per finished unit
+    assert printed.count(" finished, ") == 3 and "[3/3]" in printed and "mpma_3x_steps seed 1 finished" in printed
     # the longest pre-trainings start first, scratch (nothing to pre-train) last
     assert ablation._longest_first(units) == [("mpma_3x_steps", 1), ("mpma", 0), ("scratch", 0)]
