@@ -1,7 +1,7 @@
 """The miniature reproduction on synthrad: does each part of MPMA matter? (issue 12's table)
 
-    python benchmarks/ablation.py --out runs/ablation --jobs 2         # 7 rows x 3 seeds, two 1-thread streams: ~2 h
-    python benchmarks/ablation.py --out runs/ablation                  # the same in one stream, ~3.8 h at 1 thread
+    python benchmarks/ablation.py --out runs/ablation --jobs 2         # 7 rows x 3 seeds as two 1-thread streams: 2-2.6 h
+    python benchmarks/ablation.py --out runs/ablation                  # the same in one stream: twice that
     python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
     python benchmarks/ablation.py --out runs/ablation --collect       # the table of whatever has finished
     python benchmarks/ablation.py --rows mpma_3x_no_memory --fitting-vqa --skip-default-vqa  # only the fitting VQA recipe
@@ -26,10 +26,9 @@ fine-tuned / evaluated with the budgets of ``benchmarks/downstream.py`` and the 
 
 Figures are mean and sd over the seeds, in percent. Finished runs are reused, so an interrupted
 command picks up where it stopped. With ``--jobs N`` the (row, seed) units run in N worker processes, each
-with ``OMP_NUM_THREADS`` = the usable cores // N (1 on a 2-core machine at ``--jobs 2``), longest first:
-on 2 cores two 1-thread streams finish the table in about half the time of one 2-thread stream, because
-the tiny model's ops do not scale to a second thread (RESULTS section 6). Writes ``<out>/ablation.json`` (and ``--results``, e.g.
-docs/results/ablation.json) as ``{"rows": {"<row>": {"vqa_overall": {"mean", "sd"}, ...}}, ...}`` and
+with ``OMP_NUM_THREADS`` = the usable cores // N (1 on a 2-core machine at ``--jobs 2``: two 1-thread
+streams side by side, the way every figure of the table was measured), longest first. Writes
+``<out>/ablation.json`` (and ``--results``, e.g. docs/results/ablation.json) as ``{"rows": {"<row>": {"vqa_overall": {"mean", "sd"}, ...}}, ...}`` and
 prints a markdown table with the wall time.
 """
 

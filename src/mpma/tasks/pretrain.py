@@ -51,7 +51,7 @@ class PretrainTask(nn.Module):
         self.config = config
         self.mask_token_id = mask_token_id
         self.vocab_size = vocab_size
-        # (V,) MLM draw weights for text.mask_weighting=idf when the text is masked here, not in the collate step
+        # (V,) MLM draw weights (text.mask_weighting idf / surprisal) for text masked here, not in the collate step
         self.token_mask_weights: torch.Tensor | None = None
 
     @property
