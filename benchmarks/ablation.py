@@ -27,7 +27,8 @@ fine-tuned / evaluated with the budgets of ``benchmarks/downstream.py`` and the 
 Figures are mean and sd over the seeds, in percent. Finished runs are reused, so an interrupted
 command picks up where it stopped. With ``--jobs N`` the (row, seed) units run in N worker processes, each
 with ``OMP_NUM_THREADS`` = the usable cores // N (1 on a 2-core machine at ``--jobs 2``: two 1-thread
-streams side by side, the way every figure of the table was measured), longest first. Writes
+streams side by side, the way every figure of the table was measured); every row's seed 0 runs before
+any row's seed 1, so a stopped command leaves whole seeds of every row. Writes
 ``<out>/ablation.json`` (and ``--results``, e.g. docs/results/ablation.json) as ``{"rows": {"<row>": {"vqa_overall": {"mean", "sd"}, ...}}, ...}`` and
 prints a markdown table with the wall time.
 """
@@ -236,15 +237,17 @@ def run_units(units: list[tuple[str, int]], work, jobs: int = 1) -> dict[tuple[s
             os.environ["OMP_NUM_THREADS"] = previous
 
 
-def _longest_first(units: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Pre-training rows before scratch, more steps first: two streams then end close together."""
-    def budget(unit: tuple[str, int]) -> int:
-        spec = ROWS[unit[0]]
+def _seed_major(units: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Every row's first seed before any row's second, and within a seed the longest pre-training first
+    (scratch, with nothing to pre-train, last): a stopped command has whole seeds of every row, and the
+    streams end close together."""
+    def budget(row: str) -> int:
+        spec = ROWS[row]
         if spec is None:
             return 0
         steps = [int(o.split("=", 1)[1]) for o in spec[1] if o.startswith("optim.steps=")]
         return steps[0] if steps else 700
-    return sorted(units, key=budget, reverse=True)
+    return sorted(units, key=lambda unit: (unit[1], -budget(unit[0])))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.jobs < 1:
         parser.error(f"--jobs: expected at least 1, got {args.jobs}")
     units = [(row, seed) for row in args.rows for seed in seeds[row]]
-    figures = run_units(units if args.collect else _longest_first(units),
+    figures = run_units(units if args.collect else _seed_major(units),
                         partial(seed_figures, out=args.out, fitting_vqa=args.fitting_vqa, default_vqa=default_vqa),
                         1 if args.collect else args.jobs)
     rows = {}

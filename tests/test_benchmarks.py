@@ -488,5 +488,7 @@ def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jo
     assert os.environ["OMP_NUM_THREADS"] == "7"  # restored for the caller
     printed = capsys.readouterr().out  # one line per finished unit
     assert printed.count(" finished, ") == 3 and "[3/3]" in printed and "mpma_3x_steps seed 1 finished" in printed
-    # the longest pre-trainings start first, scratch (nothing to pre-train) last
-    assert ablation._longest_first(units) == [("mpma_3x_steps", 1), ("mpma", 0), ("scratch", 0)]
+    # seed by seed; within a seed the longest pre-training first, scratch (nothing to pre-train) last
+    plan = [("scratch", 0), ("mpma", 1), ("mpma_3x_steps", 1), ("scratch", 1), ("mpma", 0), ("mpma_3x_steps", 0)]
+    assert ablation._seed_major(plan) == [("mpma_3x_steps", 0), ("mpma", 0), ("scratch", 0),
+                                          ("mpma_3x_steps", 1), ("mpma", 1), ("scratch", 1)]
