@@ -320,6 +320,7 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
     shares = profile_step(steps["mpma"], device, args.profile_rows) if args.profile else None
     params, matmul = sum(p.numel() for p in task.parameters()), statistics.median(matmul)
     ratio = statistics.median(m3ae / mpma for mpma, m3ae in zip(times["mpma"], times["m3ae"]))
+    flop_ratio = flops["m3ae"] / flops["mpma"]  # the speed ratio if both steps ran at the same FLOP/s
     rows = []
     for kind in KINDS:
         seconds = statistics.median(times[kind])
@@ -328,6 +329,7 @@ def benchmark_preset(preset: str, args, tokenizer, device: torch.device, memory:
                      "s_per_step": seconds, "samples_per_s": batch_size / seconds, "flops_per_step": flops[kind],
                      "flop_per_s": flops[kind] / seconds, "matmul_flop_per_s": matmul,
                      "mfu": flops[kind] / seconds / matmul, "speed_ratio_mpma_over_m3ae": ratio,
+                     "flop_ratio_m3ae_over_mpma": flop_ratio,
                      "times": times[kind], "parameters": params, "state_memory": state_bytes(task),
                      "vocab": vocab, "image_size": config.vision.image_size, "text_length": config.text.max_length,
                      "peak_memory": mem.get("peak"), "activation_memory": mem.get("activation"),
@@ -353,6 +355,12 @@ def print_table(rows: list[dict]) -> None:
         print(f"{mpma['preset']}: speed MPMA/M3AE {mpma['speed_ratio_mpma_over_m3ae']:.2f}x "
               f"(median of per-repetition ratios){memory}; "
               f"{mpma['precision']} matmul {mpma['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s (median)")
+        # speed ratio = FLOP ratio x (MPMA's FLOP/s / M3AE-style's): what a target ratio asks of each
+        flop_ratio, efficiency = mpma["flop_ratio_m3ae_over_mpma"], mpma["mfu"] / m3ae["mfu"]
+        print(f"{mpma['preset']}: FLOP ratio M3AE/MPMA {flop_ratio:.2f}x (the speed ratio at equal FLOP/s) x "
+              f"MPMA's FLOP/s over M3AE-style's {efficiency:.2f} = {flop_ratio * efficiency:.2f}x; a 6x speed-up "
+              f"needs MPMA at {600 * m3ae['mfu'] / flop_ratio:.0f}% of matmul beside M3AE-style's "
+              f"{100 * m3ae['mfu']:.0f}%, or {flop_ratio / 6:.2f}x its FLOPs per step at the same FLOP/s")
 
 
 def main(argv=None) -> None:

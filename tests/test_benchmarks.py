@@ -277,7 +277,7 @@ def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_ove
         gpu_step.main([])
 
 
-def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_path, micro_overrides):
+def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_path, micro_overrides, capsys):
     """The MPMA row is the Trainer's own step; memory rows split the peak into state and activations."""
 
     out = tmp_path / "bench.json"
@@ -294,6 +294,8 @@ def test_pretrain_step_times_the_trainer_step_and_reports_activation_memory(tmp_
         assert row["state_memory"] >= 16 * row["parameters"]
         assert row["peak_memory"] == row["baseline_memory"] + row["state_memory"] + row["activation_memory"]
     assert m3ae["flops_per_step"] > mpma["flops_per_step"]  # three passes against one
+    assert mpma["flop_ratio_m3ae_over_mpma"] == pytest.approx(m3ae["flops_per_step"] / mpma["flops_per_step"])
+    assert "FLOP ratio M3AE/MPMA" in capsys.readouterr().out  # and what a 6x target asks of each step
 
 
 def test_retrieval_cost_compares_rerank_with_all_pairs(tmp_path, micro_overrides):
