@@ -494,3 +494,12 @@ def test_ablation_units_run_in_worker_processes_with_their_share_of_the_cores(jo
     plan = [("scratch", 0), ("mpma", 1), ("mpma_3x_steps", 1), ("scratch", 1), ("mpma", 0), ("mpma_3x_steps", 0)]
     assert ablation._seed_major(plan) == [("mpma_3x_steps", 0), ("mpma", 0), ("scratch", 0),
                                           ("mpma_3x_steps", 1), ("mpma", 1), ("scratch", 1)]
+
+
+def test_step_ablation_counts_each_variants_flops(micro_overrides, capsys) -> None:
+    _script("step_ablation").main(["--overrides", *micro_overrides, "--flops-only", "--threads", "1",
+                                   "--variants", "objectives.itm=0", "fusion.memory_slots=0"])
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    full, no_itm, no_memory = (float(lines[name][-2]) for name in ("full", "objectives.itm=0", "fusion.memory_slots=0"))
+    assert full > no_itm > 0 and full > no_memory > 0  # the ITM negatives' fusion pass and the memory cost FLOPs
+    assert float(lines["full"][-1]) == 1.0
