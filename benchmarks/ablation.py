@@ -241,12 +241,10 @@ def _seed_major(units: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """Every row's first seed before any row's second, and within a seed the longest pre-training first
     (scratch, with nothing to pre-train, last): a stopped command has whole seeds of every row, and the
     streams end close together."""
+    from mpma.config import load_config
+
     def budget(row: str) -> int:
-        spec = ROWS[row]
-        if spec is None:
-            return 0
-        steps = [int(o.split("=", 1)[1]) for o in spec[1] if o.startswith("optim.steps=")]
-        return steps[0] if steps else 700
+        return 0 if ROWS[row] is None else load_config(*ROWS[row]).optim.steps
     return sorted(units, key=lambda unit: (unit[1], -budget(unit[0])))
 
 

@@ -330,23 +330,21 @@ def mask_tokens(
 
     maskable = special_tokens_mask == 0
     count = (mask_ratio * maskable.sum(dim=1).double()).round().clamp(min=1)  # (B,)
+    words = None if word_ids is None else word_ids.long().clamp(min=0)  # (B, T) word index of each token
+    units = length if words is None else (int(words.max()) + 1 if words.numel() else 1)
+
+    def per_token(unit_values: torch.Tensor) -> torch.Tensor:
+        """(B, units) -> (B, T): each token takes its unit's value (a unit is a token, or a word)."""
+        return unit_values if words is None else unit_values.gather(1, words)
+
+    draws = uniform(rows, units)
     if token_weights is None:
-        if word_ids is None:
-            keys = uniform(rows, length)  # (B, T): each token is its own unit
-        else:
-            words = word_ids.long().clamp(min=0)
-            keys = uniform(rows, int(words.max()) + 1 if words.numel() else 1).gather(1, words)  # (B, T) its word's
-        keys = keys.masked_fill(~maskable, 2.0)  # above every real key: never taken
+        keys = per_token(draws).masked_fill(~maskable, 2.0)  # above every real key: never taken
     else:
         weights = token_weights.to(device)[input_ids].masked_fill(~maskable, 0.0)  # (B, T)
-        if word_ids is None:
-            clocks = -torch.log1p(-uniform(rows, length))  # (B, T) Exp(1) per token
-        else:
-            words = word_ids.long().clamp(min=0)
-            units = int(words.max()) + 1 if words.numel() else 1
-            weights = torch.zeros(rows, units, device=device).scatter_reduce(
-                1, words, weights, reduce="amax").gather(1, words)  # (B, T) its word's heaviest piece
-            clocks = -torch.log1p(-uniform(rows, units)).gather(1, words)  # (B, T) Exp(1) per word
+        if words is not None:  # a word weighs what its heaviest piece weighs
+            weights = per_token(torch.zeros(rows, units, device=device).scatter_reduce(1, words, weights, reduce="amax"))
+        clocks = per_token(-torch.log1p(-draws))  # Exp(1) per unit
         keys = (clocks / weights.clamp(min=1e-6)).masked_fill(~maskable, float("inf"))  # never taken: inf
     ordered = keys.sort(dim=1).values  # (B, T)
     before = torch.searchsorted(ordered, keys, side="left")  # (B, T) tokens with a smaller key
