@@ -503,3 +503,48 @@ def test_step_ablation_counts_each_variants_flops(micro_overrides, capsys) -> No
     full, no_itm, no_memory = (float(lines[name][-2]) for name in ("full", "objectives.itm=0", "fusion.memory_slots=0"))
     assert full > no_itm > 0 and full > no_memory > 0  # the ITM negatives' fusion pass and the memory cost FLOPs
     assert float(lines["full"][-1]) == 1.0
+
+
+def test_allocator_alternates_fresh_processes_per_setting_and_reports_the_ratio(monkeypatch, tmp_path, capsys):
+    """Each (case, setting) runs in its own child, the order alternating per round; the speed-up is the
+    median of per-round default/retained ratios."""
+    allocator = _script("allocator")
+    order, seconds = [], {False: iter([2.0, 3.0]), True: iter([1.0, 1.0])}
+
+    def fake_child(case, retain, args):
+        order.append(retain)
+        return {"s_per_step": next(seconds[retain]), "peak_rss_gib": 1.5 if retain else 1.2}
+
+    monkeypatch.setattr(allocator, "run_child", fake_child)
+    report = allocator.main(["--cases", "tiny:2:fp32", "--rounds", "2", "--json", str(tmp_path / "a.json")])
+    assert order == [False, True, True, False]
+    row = report["rows"]["tiny:2:fp32"]
+    assert (row["default_s_per_step"], row["retain_s_per_step"], row["speedup_retain"]) == (2.5, 1.0, 2.5)
+    assert (row["default_peak_rss_gib"], row["retain_peak_rss_gib"]) == (1.2, 1.5)
+    assert json.loads((tmp_path / "a.json").read_text())["rows"]["tiny:2:fp32"]["speedup_retain"] == 2.5
+    assert "2.50x" in capsys.readouterr().out
+
+
+def test_allocator_child_times_the_trainer_step_with_the_setting(monkeypatch):
+    """The child's Trainer applies run.retain_freed_memory as given (and nothing when it is off)."""
+    from mpma.engine import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "retain_freed_memory", lambda: calls.append(1))
+    allocator = _script("allocator")
+    for retain in (False, True):
+        result = allocator.child("tiny:2:fp32", retain, steps=1, threads=1)
+        assert result["s_per_step"] > 0 and result["peak_rss_gib"] > 0
+    assert calls == [1]
+
+
+def test_bf16_step_times_bf16_attention_separately_and_restores_fp32_attention():
+    from mpma.models.layers import Attention
+
+    bf16_step = _script("bf16_step")
+    seen = []
+    bf16_step.bf16_attention_step(lambda: seen.append(Attention.fp32_attention_on_cpu))
+    assert seen == [False] and Attention.fp32_attention_on_cpu is True
+    with pytest.raises(RuntimeError):
+        bf16_step.bf16_attention_step(lambda: (_ for _ in ()).throw(RuntimeError("step failed")))
+    assert Attention.fp32_attention_on_cpu is True

@@ -9,13 +9,15 @@
   :data:`CPU_BF16_MIN_PARAMETERS` parameters; otherwise ``fp32``.
 
 Why a probe and a model-size floor on CPU: autocast casts every weight entering a matmul to bf16 in
-each forward, the CPU flash-attention backward is ~3x slower in bf16 than in fp32, and the
-optimizer (fp32 master weights), norms and element-wise ops do not get faster, so the step gains
-far less than the matmul and a small model loses. Measured with benchmarks/bf16_step.py
-(interleaved, 1 thread) on an AMD EPYC with AVX512-BF16 and no AMX (1024^2 matmul 3.9-4.8x faster
-in bf16): tiny (2.6M parameters) 0.85x at batch 2 and 1.04x at batch 64; small (47M) 1.47x at
-batch 2 and 1.79x at batch 32; base (394M) 1.99x at batch 2 (benchmarks/README.md, "bf16 on CPU").
-Issue 14 measured 1.12x for base at batch 2 on an AMX host at 2 threads.
+each forward, and the optimizer (fp32 master weights), norms and element-wise ops do not get faster,
+so the step gains far less than the matmul and a small model gains least. Measured with
+benchmarks/bf16_step.py (interleaved, 1 thread) on an AMD EPYC with AVX512-BF16 and no AMX (1024^2
+matmul 3.9-4.8x faster in bf16), while the attention still ran in bf16: tiny (2.6M parameters)
+0.85x at batch 2 and 1.04x at batch 64; small (47M) 1.47x at batch 2 and 1.79x at batch 32; base
+(394M) 1.99x at batch 2. On an AMX host, with the attention upcast to fp32 under CPU autocast
+(mpma.models.layers.attend) and run.retain_freed_memory on: tiny 0.85x at batch 2 and 1.57x at batch
+64, small 2.09x at batch 32, base 1.55x at batch 2 and 2.23x at batch 8 (benchmarks/README.md, "bf16
+on CPU"). tiny at batch 2 still loses, hence the floor.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from torch import nn
 from mpma.config import OptimConfig, RunConfig
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import parallel
+from mpma.engine.allocator import retain_freed_memory
 from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
 from mpma.engine.precision import cpu_bf16_features, resolve_precision
 from mpma.engine.run_folder import RunFolderWarning, truncate_log
@@ -151,6 +152,8 @@ class Trainer:
             if env.is_main:
                 logging.getLogger("mpma").warning("run.compile=true: torch.compile adds start-up time while the "
                                                   "first steps compile (a minute or more on CPU)")
+        if run.retain_freed_memory:
+            retain_freed_memory()  # process-wide glibc malloc settings (mpma.engine.allocator)
         self.step = 0
         precision = resolve_precision(run.precision, env.device, sum(p.numel() for p in task.parameters()))  # auto
         self.precision = precision

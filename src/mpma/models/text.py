@@ -4,9 +4,33 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AttentionInterface, AutoConfig, AutoModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mpma.config import TextConfig
+from mpma.models.layers import Attention
+
+# The attention implementation mpma's text encoders run with: transformers' own "sdpa", except that
+# bf16 inputs on a CPU are attended in fp32, as mpma.models.layers.attend does for the image side.
+SDPA_FP32_ON_CPU = "mpma_sdpa_fp32_on_cpu"
+
+
+def _sdpa_fp32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention ((B, H, T, Dh) query/key/value -> (B, T, H, Dh)), in fp32 when
+    the inputs are bf16 on a CPU (there torch's flash attention is slower in bf16 than in fp32)."""
+    if Attention.fp32_attention_on_cpu and query.device.type == "cpu" and query.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
+                                                  attention_mask, **kwargs)
+        return out.to(query.dtype), weights
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(SDPA_FP32_ON_CPU, _sdpa_fp32_on_cpu)
+# and sdpa's padding masks: transformers builds no mask at all for an implementation it has no mask function for
+AttentionMaskInterface.register(SDPA_FP32_ON_CPU, sdpa_mask)
 
 
 def build_hf_text_config(config: TextConfig, vocab_size: int, pad_token_id: int):
@@ -47,6 +71,8 @@ class TextEncoder(nn.Module):
         self.config = config
         self.encoder = AutoModel.from_config(hf_config or build_hf_text_config(config, vocab_size, pad_token_id),
                                              add_pooling_layer=False)
+        if self.encoder.config._attn_implementation == "sdpa":
+            self.encoder.set_attn_implementation(SDPA_FP32_ON_CPU)
         self.width = self.encoder.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
