@@ -7,11 +7,11 @@ mmap threshold (128 KiB, growing to at most 32 MiB) with fresh ``mmap`` calls th
 free. The next step then touches new pages again, one page fault per 4 KiB, and that time lands on
 whichever op writes first: the weight casts and gradient copies of a bf16 step above all.
 
-Measured on a 2-core AMX host (1 thread, another 2 jobs running; each setting in fresh processes,
-alternated; medians of 5 steps): ``base`` at batch 2 took 4.6-5.1 s per bf16 step with glibc's
-defaults and 3.0-3.2 s with the trim threshold at 2 GiB and the mmap threshold fixed at 32 MiB;
-fp32 5.3-5.8 s against 4.7-4.8 s; ``small`` at batch 32 the same either way
-(``benchmarks/allocator.py``, benchmarks/README.md "Allocator"). The price: the process keeps
+Measured on a 2-core AMX host with ``benchmarks/allocator.py`` (1 thread; each setting in fresh
+processes, alternated; medians of 5 steps; benchmarks/README.md "Allocator"), glibc's defaults
+against the trim threshold at 2 GiB and the mmap threshold fixed at 32 MiB: on the idle machine
+``base`` at batch 2 1.16x faster in fp32 and 1.18x in bf16, ``small`` at batch 32 1.07x, ``tiny``
+at batch 64 1.11x; beside two other jobs base's bf16 step 1.44x (4.59 against 3.19 s). The price: the process keeps
 what it freed, so its resident memory stays at its peak between steps instead of dipping (the peak
 itself does not grow: the same blocks are reused).
 
