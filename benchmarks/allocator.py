@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads in each child")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--child", nargs=2, metavar=("CASE", "RETAIN"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for case in args.cases:
+        parts = case.split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("fp32", "bf16"):
+            p.error(f"--cases: {case!r} is not PRESET:BATCH:PRECISION (e.g. base:2:bf16; precision fp32 or bf16)")
+    return args
 
 
 def child(case: str, retain: bool, steps: int, threads: int) -> dict:
@@ -72,8 +77,11 @@ def child(case: str, retain: bool, steps: int, threads: int) -> dict:
 def run_child(case: str, retain: bool, args) -> dict:
     command = [sys.executable, __file__, "--child", case, str(int(retain)), "--steps", str(args.steps),
                "--threads", str(args.threads)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {case} child (run.retain_freed_memory={retain}) failed with exit code "
+                         f"{done.returncode}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,9 +11,9 @@ Measured on a 2-core AMX host with ``benchmarks/allocator.py`` (1 thread; each s
 processes, alternated; medians of 5 steps; benchmarks/README.md "Allocator"), glibc's defaults
 against the trim threshold at 2 GiB and the mmap threshold fixed at 32 MiB: on the idle machine
 ``base`` at batch 2 1.16x faster in fp32 and 1.18x in bf16, ``small`` at batch 32 1.07x, ``tiny``
-at batch 64 1.11x; beside two other jobs base's bf16 step 1.44x (4.59 against 3.19 s). The price: the process keeps
-what it freed, so its resident memory stays at its peak between steps instead of dipping (the peak
-itself does not grow: the same blocks are reused).
+at batch 64 1.11x; beside two other jobs base's bf16 step 1.44x (4.59 against 3.19 s). The price:
+the process keeps what it freed, so its resident memory stays at its peak between steps instead of
+dipping (the peak itself does not grow: the same blocks are reused).
 
 Only glibc has these knobs (``mallopt``); on other C libraries (macOS, musl) this is a no-op that
 says so. The settings are process-wide and last for the life of the process.

@@ -18,27 +18,32 @@ def run_block(block: nn.Module, *inputs, recompute: bool = False):
     return block(*inputs)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           fp32_on_cpu: bool = True) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)``, in fp32 for bf16 inputs on a CPU.
 
     torch's CPU flash attention is slower in bf16 than in fp32 at this model's sequence lengths
     (forward + backward, 1 thread, AMX host: 4.6x at (64, 4, 65, 32), 2.8x at (32, 8, 80, 64), 1.3x at
     (8, 12, 197, 64); benchmarks/README.md, "bf16 on CPU"), so under CPU bf16 autocast the attention
-    itself runs in fp32 on upcast q, k, v; the projections around it stay bf16 matmuls.
+    itself runs in fp32 on upcast q, k, v (:func:`upcasts_cpu_attention`); the projections around it
+    stay bf16 matmuls.
 
     Args:
         q: (B, H, Nq, Dh); k, v: (B, H, Nk, Dh).
         mask: (B, 1, 1, Nk) bool, True = attend; or None.
-        fp32_on_cpu: False keeps bf16 attention on CPU (for side-by-side timing).
 
     Returns:
         (B, H, Nq, Dh) in q's dtype.
     """
-    if fp32_on_cpu and q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if upcasts_cpu_attention(q):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def upcasts_cpu_attention(query: torch.Tensor) -> bool:
+    """Whether attention on ``query`` runs in fp32: bf16 on a CPU, unless ``Attention.fp32_attention_on_cpu``
+    is switched off (the one switch for the image side, the fusion and the text encoder)."""
+    return Attention.fp32_attention_on_cpu and query.device.type == "cpu" and query.dtype == torch.bfloat16
 
 
 class Attention(nn.Module):
@@ -97,7 +102,7 @@ class Attention(nn.Module):
             out = weights @ v
             averaged = weights.mean(dim=1)
         else:
-            out = attend(q, k, v, mask, fp32_on_cpu=self.fp32_attention_on_cpu)
+            out = attend(q, k, v, mask)
             averaged = None
         out = out.transpose(1, 2).reshape(batch, n_query, width)
         return self.proj(out), averaged

@@ -9,7 +9,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mpma.config import TextConfig
-from mpma.models.layers import Attention
+from mpma.models.layers import upcasts_cpu_attention
 
 # The attention implementation mpma's text encoders run with: transformers' own "sdpa", except that
 # bf16 inputs on a CPU are attended in fp32, as mpma.models.layers.attend does for the image side.
@@ -20,7 +20,7 @@ def _sdpa_fp32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' sdpa attention ((B, H, T, Dh) query/key/value -> (B, T, H, Dh)), in fp32 when
     the inputs are bf16 on a CPU (there torch's flash attention is slower in bf16 than in fp32)."""
-    if Attention.fp32_attention_on_cpu and query.device.type == "cpu" and query.dtype == torch.bfloat16:
+    if upcasts_cpu_attention(query):
         with torch.autocast("cpu", enabled=False):
             out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
                                                   attention_mask, **kwargs)
