@@ -130,6 +130,9 @@ def main(argv=None) -> list[dict]:
             row, flops = run_mode(helpers, mode, args, tokenizer, device, tmp, flops)
             row["mfu"] = row["flops_per_step"] / row["s_per_step"] / peak
             rows.append(row)
+            helpers.log(f"{mode}: {row['s_per_step']:.4f} s/step, {row['samples_per_s']:.1f} samples/s, "
+                        f"MFU {100 * row['mfu']:.1f}%, peak {row['peak_memory_bytes'] / 2**30:.2f} GiB, "
+                        f"first step {row['first_step_s']:.1f} s")  # kept if a later mode runs out of time
     print(f"\n{name}: {args.preset}, batch {args.batch}, {args.image_size} px, {rows[0]['precision']}; "
           f"MFU against {peak / 1e12:.3g} TFLOP/s ({source}); torch {torch.__version__}")
     print(f"{'mode':<9}{'s/step':>9}{'samples/s':>11}{'start-up s':>12}{'TFLOP/step':>12}{'MFU':>8}{'peak GiB':>10}")

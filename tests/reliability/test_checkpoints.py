@@ -115,6 +115,19 @@ def test_resume_refuses_overrides_of_the_model_or_data(micro_run, tmp_path, over
     assert (run / "config.json").read_bytes() == config_before
 
 
+def test_resume_accepts_the_runs_own_values_of_the_model_and_data(micro_run, tmp_path) -> None:
+    """The first command line again with --resume added: its model/data overrides equal the saved ones."""
+    run = Path(shutil.copytree(micro_run, tmp_path / "run"))
+    saved = json.loads((run / "config.json").read_text())
+    same = [f"vision.width={saved['vision']['width']}", f"data.batch_size={saved['data']['batch_size']}",
+            f"data.num_workers={saved['data']['num_workers']}"]
+    assert main(["pretrain", "--out", str(run), "--resume", "--no-progress", *same, "optim.steps=4"]) == 0
+    after = json.loads((run / "config.json").read_text())
+    assert after["optim"]["steps"] == 4 and {k: v for k, v in after.items() if k != "optim"} == \
+        {k: v for k, v in saved.items() if k != "optim"}
+    assert _steps(run)[-1] == 4
+
+
 def test_resume_uses_changed_optimiser_settings(micro_config, build_task, make_batch, tmp_path) -> None:
     """The optimizer's saved hyper-parameters do not override the (changed) configuration's."""
     config = micro_config("optim.steps=1", "run.checkpoint_every=1", "optim.lr=0.001", "optim.weight_decay=0.05")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,12 @@ def test_curves_of_a_run_being_written_and_overlaid_runs(tmp_path, capsys):
 def test_curves_of_an_empty_log_and_a_missing_one(tmp_path):
     empty = _write_log(tmp_path / "empty", [])
     _png(C.plot_curves([C.read_log(empty)], tmp_path / "empty.png"), C.figure_size(0), C.DPI)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint before the first log line: nothing to draw, no warning
+        assert C.write_run_curves(tmp_path / "missing") is None
+    (tmp_path / "unreadable" / "log.jsonl").mkdir(parents=True)
     with pytest.warns(UserWarning, match="could not draw"):
-        assert C.write_run_curves(tmp_path / "missing") is None  # never raises: training must go on
+        assert C.write_run_curves(tmp_path / "unreadable") is None  # never raises: training must go on
 
 
 def test_pretraining_writes_curves_png(micro_run):

@@ -2,7 +2,9 @@
 
 A resumed run may change how it goes on (``optim.*``: a lower learning rate after a divergence, more
 steps; ``run.*``: logging, checkpoints, threads, precision), never what its checkpoints hold or the
-data it reads (``vision.*``, ``text.*``, ``fusion.*``, ``decoder.*``, ``objectives.*``, ``data.*``).
+data it reads (``vision.*``, ``text.*``, ``fusion.*``, ``decoder.*``, ``objectives.*``, ``data.*``);
+an override of those that repeats the run's own value is accepted, so the first command line can be
+run again with ``--resume`` added.
 """
 
 from __future__ import annotations
@@ -23,17 +25,12 @@ def resume_config(saved: Config, overrides: list[str] | tuple[str, ...]) -> tupl
     ``run.*`` applied; returns it and ``{dotted key: (old, new)}`` of what changed.
 
     Raises:
-        ConfigError: an override of another section (it would change the model or the data the
-            checkpoints were trained with), an unknown key or a value of the wrong type, named.
+        ConfigError: an override of another section that changes its value (it would change the model
+            or the data the checkpoints were trained with), an unknown key or a value of the wrong
+            type, named.
     """
     if not overrides:
         return saved, {}
-    refused = [".".join(path) for path, _ in map(parse_override, overrides) if path[0] not in RESUMABLE_SECTIONS]
-    if refused:
-        raise ConfigError(f"--resume: {', '.join(refused)} cannot change in a resumed run (the checkpoints were "
-                          f"trained with the model and data of its config.json); only "
-                          f"{', '.join(s + '.*' for s in RESUMABLE_SECTIONS)} may: drop the others, or start a "
-                          "new run with another --out")
     values = saved.to_dict()
     for text in overrides:
         path, value = parse_override(text)
@@ -44,7 +41,15 @@ def resume_config(saved: Config, overrides: list[str] | tuple[str, ...]) -> tupl
             node = node[part]
         node[path[-1]] = value
     config = config_from_dict(values)
-    return config, changed_values(saved.to_dict(), config.to_dict())
+    changes = changed_values(saved.to_dict(), config.to_dict())
+    # the run's own value repeated (the first command line again, plus --resume) changes nothing: accepted
+    refused = [key for key in changes if key.split(".")[0] not in RESUMABLE_SECTIONS]
+    if refused:
+        raise ConfigError(f"--resume: {', '.join(refused)} cannot change in a resumed run (the checkpoints were "
+                          f"trained with the model and data of its config.json); only "
+                          f"{', '.join(s + '.*' for s in RESUMABLE_SECTIONS)} may: drop the others, or start a "
+                          "new run with another --out")
+    return config, changes
 
 
 def record_config_change(run_dir: Path, step: int, changes: dict[str, tuple]) -> None:

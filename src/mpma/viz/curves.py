@@ -248,9 +248,13 @@ def write_run_curves(run_dir: str | Path) -> Path | None:
     """Draw ``run_dir/curves.png`` from its log; never raises (a plotting problem must not stop training).
 
     Called by ``mpma pretrain`` / ``mpma finetune`` at each checkpoint / epoch end and at the end.
-    Returns the PNG path, or None after a warning when drawing failed.
+    Returns the PNG path, or None after a warning when drawing failed; None without a warning when
+    nothing is logged yet (a checkpoint before the first ``run.log_every`` step).
     """
     started = time.perf_counter()
+    if not (Path(run_dir) / "log.jsonl").exists():
+        log.debug("no curves yet: %s has no log.jsonl", run_dir)
+        return None
     try:
         path = plot_curves([read_log(run_dir)], Path(run_dir) / CURVES_PNG)
     except Exception as error:  # noqa: BLE001 - any plotting failure is reported, never fatal
