@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mpma.engine import checkpoint as ckpt
+from mpma.engine.compiling import repeated_blocks
 from mpma.engine.distributed import DistEnv
 from mpma.engine.trainer import Trainer, lr_multiplier, parameter_groups, step_seed
 
@@ -227,17 +229,36 @@ def _outputs(task, batch):
             out.text_local]
 
 
-def test_run_compile_wraps_the_task_in_torch_compile(task, micro_config, tmp_path, caplog) -> None:
-    # only the wrapping is checked: a compiled step costs ~1 min of compilation on CPU
-    assert _trainer(task, micro_config(), tmp_path).wrapped is task  # run.compile=false (default): no wrapper
+def test_run_compile_compiles_each_repeated_block(task, micro_config, tmp_path, caplog) -> None:
+    # only the wiring is checked here (tests/engine/test_compiling.py runs compiled blocks): a compiled
+    # step costs ~1 min of compilation on CPU
+    assert _trainer(task, micro_config(), tmp_path).wrapped is task  # run.compile=false (default)
+    assert not [b for _, b in repeated_blocks(task) if "forward" in vars(b)]
     with caplog.at_level(logging.WARNING, logger="mpma"):
         trainer = _trainer(task, micro_config("run.compile=true"), tmp_path)
-    assert type(trainer.wrapped).__name__ == "OptimizedModule" and trainer.wrapped._orig_mod is task
+    assert trainer.wrapped is task  # the blocks are compiled, not the task around them
+    blocks = repeated_blocks(task)
+    assert len(blocks) == 4 and all(hasattr(vars(b)["forward"], "_torchdynamo_orig_callable") for _, b in blocks)
     assert [r.message for r in caplog.records if "torch.compile" in r.message]  # the start-up cost is announced
-    path = trainer.save()  # checkpoints hold the bare module's names, not "_orig_mod.*"
+    path = trainer.save()  # checkpoints hold the bare module's names
     from safetensors.torch import load_file
 
     assert load_file(str(path / ckpt.WEIGHTS)).keys() == task.state_dict().keys()
+
+
+def test_run_compile_compiles_a_task_without_repeated_blocks_whole(micro_config, tmp_path) -> None:
+    class Linear(nn.Module):
+        loss_weights = {"mse": 1.0}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+    task = Linear()
+    config = micro_config("run.compile=true")
+    groups = [{"params": list(task.parameters()), "base_lr": 1e-3}]
+    trainer = Trainer(task, task.loss_weights, groups, config.optim, config.run, tmp_path, DistEnv())
+    assert type(trainer.wrapped).__name__ == "OptimizedModule" and trainer.wrapped._orig_mod is task
 
 
 def test_checkpoint_save_then_load_gives_identical_outputs(micro_config, build_task, make_batch, tmp_path) -> None:

@@ -25,6 +25,7 @@ from mpma.config import OptimConfig, RunConfig
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import parallel
 from mpma.engine.allocator import retain_freed_memory
+from mpma.engine.compiling import compile_repeated_blocks
 from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
 from mpma.engine.precision import cpu_bf16_features, resolve_precision
 from mpma.engine.run_folder import RunFolderWarning, truncate_log
@@ -97,8 +98,9 @@ class Trainer:
         run_dir: output folder (rank 0 writes ``log.jsonl`` and ``checkpoints/``).
         env: distributed environment; with world size > 1 the task is wrapped in DDP, or sharded
             in place with FSDP2 when ``run.parallel=fsdp`` (:mod:`mpma.engine.parallel`; ``param_groups``
-            are then rebuilt on the sharded parameters). With ``run.compile`` the (wrapped) task is
-            then passed through ``torch.compile``.
+            are then rebuilt on the sharded parameters). With ``run.compile`` each repeated block's
+            forward is compiled (:func:`mpma.engine.compiling.compile_repeated_blocks`), or the
+            (wrapped) task as a whole when it has no repeated blocks.
         on_checkpoint: called on rank 0 after each checkpoint with the step (e.g. to draw curves).
         on_log: called on rank 0 with each record written to ``log.jsonl`` (e.g. an experiment tracker,
             :class:`mpma.engine.tracking.Tracker`).
@@ -145,10 +147,12 @@ class Trainer:
         if env.distributed and not self.sharded:
             self.wrapped = parallel.wrap_ddp(task, env.device, find_unused_parameters)
         if run.compile:
-            # Compile the outermost module (the DDP wrapper when distributed: its graph breaks at the
-            # gradient buckets). Compilation is lazy, on the first steps. Checkpoints save the bare
-            # module, so the weight names carry no "_orig_mod." / "module." prefix.
-            self.wrapped = torch.compile(self.wrapped)
+            # Each repeated block's forward (mpma.engine.compiling): the task around the blocks breaks
+            # the graph at its randomness, which left the whole-task compile no faster than eager. A
+            # task without repeated blocks is compiled whole. Compilation is lazy, on the first steps;
+            # checkpoints hold the bare module's names either way.
+            if not compile_repeated_blocks(task):
+                self.wrapped = torch.compile(self.wrapped)
             if env.is_main:
                 logging.getLogger("mpma").warning("run.compile=true: torch.compile adds start-up time while the "
                                                   "first steps compile (a minute or more on CPU)")
