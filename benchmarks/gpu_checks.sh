@@ -51,7 +51,7 @@ check() {  # check NAME LIMIT_S COMMAND...: run COMMAND under `timeout`, its out
 
 env_report() {
     nvidia-smi || true
-    python - <<'EOF'
+    python3 - <<'EOF'
 import platform, torch, transformers
 print("python", platform.python_version(), "torch", torch.__version__, "transformers", transformers.__version__)
 print("cuda available", torch.cuda.is_available(), "bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -66,9 +66,9 @@ cli_runs() {
     local steps=$((STEPS_SCALE ? 300 : 6)) half=$((STEPS_SCALE ? 200 : 4)) run="$WORK/pretrain"
     local common=(run.device="$DEVICE" run.precision=bf16 data.num_workers=4 run.eval_size=64
                   run.checkpoint_every=$((half / 2)))
-    python -m mpma.cli pretrain --out "$run" optim.steps="$half" "${common[@]}"
-    python -m mpma.cli pretrain --out "$run" --resume optim.steps="$steps" "${common[@]}"
-    python - "$run" <<'EOF'
+    python3 -m mpma.cli pretrain --out "$run" optim.steps="$half" "${common[@]}"
+    python3 -m mpma.cli pretrain --out "$run" --resume optim.steps="$steps" "${common[@]}"
+    python3 - "$run" <<'EOF'
 import json, sys
 from pathlib import Path
 lines = [json.loads(l) for l in (Path(sys.argv[1]) / "log.jsonl").read_text().splitlines() if l.strip()]
@@ -76,11 +76,11 @@ steps = [l["step"] for l in lines if "loss" in l and "step" in l]
 print("logged train steps:", len(steps), "first", steps[:1], "last", steps[-1:], "duplicates", len(steps) - len(set(steps)))
 print(json.dumps(json.loads((Path(sys.argv[1]) / "summary.json").read_text()), indent=1)[:3000])
 EOF
-    local size=$((STEPS_SCALE ? 0 : 40))
-    local small=()
-    ((size)) && small=(data.train_size=$size data.val_size=16 data.test_size=16 epochs=1)
-    python -m mpma.cli finetune vqa --init "$run" --out "$WORK/vqa" run.device="$DEVICE" run.precision=bf16 "${small[@]}"
-    python -m mpma.cli finetune retrieval --init "$run" --out "$WORK/retrieval" run.device="$DEVICE" run.precision=bf16 "${small[@]}"
+    # the fine-tunes check the paths, not the scores: one epoch of a few hundred questions/pairs
+    local size=$((STEPS_SCALE ? 512 : 40))
+    local small=(data.train_size=$size data.val_size=$((size / 4)) data.test_size=$((size / 4)) epochs=1)
+    python3 -m mpma.cli finetune vqa --init "$run" --out "$WORK/vqa" run.device="$DEVICE" run.precision=bf16 "${small[@]}"
+    python3 -m mpma.cli finetune retrieval --init "$run" --out "$WORK/retrieval" run.device="$DEVICE" run.precision=bf16 "${small[@]}"
 }
 
 torchrun_runs() {
@@ -101,14 +101,14 @@ else
     step_args=(--preset tiny --steps 2 --warmup 1 --batch 4 --modes eager --json "$OUT_DIR/gpu_step.json")
 fi
 check env 60 env_report
-check gpu_step 240 python benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]}"
-check gpu_step_checkpointing 120 python benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]/gpu_step.json/gpu_step_checkpointing.json}" \
+check gpu_step 240 python3 benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]}"
+check gpu_step_checkpointing 120 python3 benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]/gpu_step.json/gpu_step_checkpointing.json}" \
     --modes eager --overrides run.activation_checkpointing=true
 check cli 150 cli_runs
 check torchrun 150 torchrun_runs
-check data 60 python benchmarks/data_loading.py --n $((STEPS_SCALE ? 300 : 20)) --workers $((STEPS_SCALE ? 8 : 2))
+check data 60 python3 benchmarks/data_loading.py --n $((STEPS_SCALE ? 300 : 20)) --workers $((STEPS_SCALE ? 8 : 2))
 if ((STEPS_SCALE)); then
-    check pytest 180 python -m pytest -q -n 12 --maxprocesses=12 -p no:cacheprovider --durations=5
+    check pytest 180 python3 -m pytest -q -n 12 --maxprocesses=12 -p no:cacheprovider --durations=5
 fi
 rm -rf "$WORK"
 cat "$OUT_DIR/summary.txt"

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per mode (the first one compiles)")
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
     p.add_argument("--overrides", nargs="*", default=[], help="more dotted config overrides")
+    p.add_argument("--profile", action="store_true", help="profile one eager step: GPU-busy share of the wall "
+                   "time, operator count, the ops that take the most GPU time")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -72,6 +74,33 @@ def peak_bytes(device: torch.device) -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def profile_step(step, device: torch.device, rows: int = 12) -> dict:
+    """Profile one ``step``: print its ops by GPU time; return the wall seconds, the summed kernel
+    seconds (``gpu_busy_share`` = their ratio: well under 1 means the host cannot launch the
+    kernels as fast as the GPU runs them) and the number of operator calls."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    operator_calls = sum(e.count for e in events if e.key.startswith("aten::"))
+    # the kernels' own rows (the ops that launch them carry the same time again)
+    kernel_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=rows), flush=True)
+    print(f"profiled step: {wall:.3f} s wall, {kernel_s:.3f} s of kernels ({100 * kernel_s / wall:.0f}% busy), "
+          f"{operator_calls} aten operator calls", flush=True)
+    return {"profiled_wall_s": wall, "kernel_s": kernel_s, "gpu_busy_share": kernel_s / wall,
+            "aten_operator_calls": operator_calls}
 
 
 def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir: str,
@@ -96,7 +125,8 @@ def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir:
         with torch.compiler.set_stance("force_eager"):
             flops = helpers.count_flops(step)
     seconds = helpers.timed(lambda: [step() for _ in range(args.steps)], device) / args.steps
-    row = {"mode": mode, "preset": args.preset, "batch": batch_size, "image_size": config.vision.image_size,
+    busy = profile_step(step, device) if args.profile and mode == "eager" else {}
+    row = {**busy, "mode": mode, "preset": args.preset, "batch": batch_size, "image_size": config.vision.image_size,
            "precision": trainer.precision, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
            "first_step_s": first, "startup_s": max(0.0, first - seconds), "flops_per_step": flops,
            "peak_memory_bytes": peak_bytes(device)}
