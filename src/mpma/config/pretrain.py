@@ -179,6 +179,9 @@ class ObjectivesConfig:
     temperature: float = 0.07  # initial InfoNCE temperature (learnable)
     norm_pix_loss: bool = True
     itm_exclude_same_text: bool = True  # never draw a negative whose text equals the positive's
+    # GLA-local's late-interaction score: (1 - w) * each word's best patch + w * each patch's best word
+    # (0.5: FILIP's symmetric score; 0: words only, so background patches need not match any word)
+    local_patch_to_token: float = 0.5
 
     WEIGHTS: ClassVar[tuple[str, ...]] = ("mlm", "mim", "global_align", "local_align", "itm")
 
@@ -188,6 +191,9 @@ class ObjectivesConfig:
         checks.positive("objectives.align_dim", self.align_dim)
         checks.choice("objectives.align_pool", self.align_pool, ALIGN_POOLS)
         checks.positive("objectives.temperature", self.temperature)
+        if not 0.0 <= self.local_patch_to_token <= 1.0:
+            raise ConfigError(f"objectives.local_patch_to_token: expected a weight in [0, 1], got "
+                              f"{self.local_patch_to_token}")
 
 
 @dataclass

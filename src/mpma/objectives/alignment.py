@@ -69,7 +69,8 @@ def token_patch_similarity(text_local: torch.Tensor, image_local: torch.Tensor) 
 
 
 def late_interaction_scores(
-    text_local: torch.Tensor, image_local: torch.Tensor, text_valid: torch.Tensor
+    text_local: torch.Tensor, image_local: torch.Tensor, text_valid: torch.Tensor,
+    patch_to_token_weight: float = 0.5,
 ) -> torch.Tensor:
     """FILIP-style pair scores: mean over tokens of their best patch, and over patches of their best token.
 
@@ -77,29 +78,36 @@ def late_interaction_scores(
         text_local: (Bt, T, A) normalised token features.
         image_local: (Bi, K, A) normalised patch features (visible patches only).
         text_valid: (Bt, T) 1 for tokens that take part (real, non-special, unmasked).
+        patch_to_token_weight: w in ``(1 - w) * token->patch + w * patch->token``; 0.5 is FILIP's
+            symmetric score. The patch->token term asks *every* patch, background included, to
+            match a word of its own text; 0 leaves only each word's best patch.
 
     Returns:
-        (Bt, Bi) scores in [-1, 1]: 0.5 * (token->patch + patch->token).
+        (Bt, Bi) scores in [-1, 1].
     """
     sim = token_patch_similarity(text_local, image_local)  # (Bt, Bi, T, K)
     valid = text_valid.bool()[:, None, :]  # (Bt, 1, T)
     weights = valid.to(sim.dtype)
     token_to_patch = sim.max(dim=-1).values  # (Bt, Bi, T)
     t2p = (token_to_patch * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+    if patch_to_token_weight == 0:
+        return t2p
     masked = sim.masked_fill(~valid[..., None], torch.finfo(sim.dtype).min)
     patch_to_token = masked.max(dim=-2).values  # (Bt, Bi, K)
     has_token = valid.any(-1, keepdim=True).to(sim.dtype)
     p2t = patch_to_token.mean(-1) * has_token.squeeze(-1)
-    return 0.5 * (t2p + p2t)
+    return (1 - patch_to_token_weight) * t2p + patch_to_token_weight * p2t
 
 
 def local_alignment_loss(
-    text_local: torch.Tensor, image_local: torch.Tensor, text_valid: torch.Tensor, logit_scale: torch.Tensor
+    text_local: torch.Tensor, image_local: torch.Tensor, text_valid: torch.Tensor, logit_scale: torch.Tensor,
+    patch_to_token_weight: float = 0.5,
 ) -> torch.Tensor:
     """Cross-batch symmetric InfoNCE on late-interaction scores (this rank's batch only).
 
-    Shapes as :func:`late_interaction_scores`; Bt == Bi == B, the positive of text i is image i.
+    Shapes and ``patch_to_token_weight`` as :func:`late_interaction_scores`; Bt == Bi == B, the
+    positive of text i is image i.
     """
-    scores = late_interaction_scores(text_local, image_local, text_valid)  # (B, B) texts x images
+    scores = late_interaction_scores(text_local, image_local, text_valid, patch_to_token_weight)  # (B, B)
     logits = logit_scale * scores
     return 0.5 * (info_nce(logits) + info_nce(logits.t()))

@@ -114,7 +114,8 @@ class PretrainTask(nn.Module):
             if mlm_positions is not None:
                 text_valid = text_valid & ~mlm_positions
             result.losses["local_align"] = local_alignment_loss(
-                out.text_local, out.image_local, text_valid, self.model.align.logit_scale()
+                out.text_local, out.image_local, text_valid, self.model.align.logit_scale(),
+                self.config.objectives.local_patch_to_token,
             )
         if "itm" in weights:
             batch_size = input_ids.shape[0]
