@@ -550,3 +550,28 @@ def test_bf16_step_times_bf16_attention_separately_and_restores_fp32_attention()
     with pytest.raises(RuntimeError):
         bf16_step.bf16_attention_step(lambda: (_ for _ in ()).throw(RuntimeError("step failed")))
     assert Attention.fp32_attention_on_cpu is True
+
+
+def test_gpu_checks_reports_each_check_and_keeps_going_past_a_failure(tmp_path) -> None:
+    """benchmarks/gpu_checks.sh on a host without CUDA: the step benchmark fails (no GPU) with its exit
+    status in the summary, the check before it is still reported, and the archive holds every log."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the failure path, which needs a host without CUDA")
+    out, archive = tmp_path / "checks", tmp_path / "checks.tgz"
+    env = {**os.environ, "ONLY": "env gpu_step", "ARCHIVE": str(archive),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # python3 = this one
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(out)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    summary = (out / "summary.txt").read_text()
+    assert "env: exit 0" in summary and "gpu_step: exit 1" in summary and "cli:" not in summary  # ONLY
+    assert "no CUDA GPU here" in (out / "gpu_step.log").read_text()
+    with tarfile.open(archive) as tar:
+        assert {"./env.log", "./gpu_step.log", "./summary.txt"} <= set(tar.getnames())

@@ -219,6 +219,30 @@ def test_late_interaction_on_a_constructed_case() -> None:
     torch.testing.assert_close(scores, torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]))
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.25, 0.5, 1.0])
+def test_late_interaction_weighs_its_two_directions(weight: float) -> None:
+    """A word matching patch 0 of a 3-patch image whose other patches match no word: token->patch
+    scores 1, patch->token (1 + 0 + 0) / 3; the score is their mix, and at 0 the background patches
+    do not count at all."""
+    e = torch.eye(4)
+    text = e[0][None, None]  # (1, 1, 4): one word
+    image = torch.stack([e[0], e[1], e[2]])[None]  # (1, 3, 4)
+    score = late_interaction_scores(text, image, torch.ones(1, 1), weight)
+    assert score.item() == pytest.approx((1 - weight) * 1.0 + weight / 3)
+    loss = local_alignment_loss(text.expand(2, 1, 4), torch.cat([image, image.roll(1, dims=-1)]),
+                                torch.ones(2, 1), torch.tensor(10.0), weight)
+    assert torch.isfinite(loss)
+
+
+def test_local_patch_to_token_is_a_weight(micro_config) -> None:
+    from mpma.config import ConfigError
+
+    assert micro_config().objectives.local_patch_to_token == 0.5  # FILIP's symmetric score by default
+    assert micro_config("objectives.local_patch_to_token=0").objectives.local_patch_to_token == 0
+    with pytest.raises(ConfigError, match="objectives.local_patch_to_token.*\\[0, 1\\]"):
+        micro_config("objectives.local_patch_to_token=1.5")
+
+
 def test_local_alignment_loss_prefers_matching_pairs() -> None:
     e = torch.eye(4)
     texts = torch.stack([torch.stack([e[0], e[1]]), torch.stack([e[2], e[3]])])
