@@ -319,7 +319,7 @@ class RunConfig:
     # synthrad pre-training: the pointing game and the MLM image gap (mpma.eval.grounding) at each checkpoint
     # whose step is a multiple of this (0 = off), into log.jsonl, and at the end into summary.json
     grounding_every: int = 0
-    compile: bool = False  # torch.compile the trained module (the DDP wrapper, if any): start-up +1 min or more on CPU
+    compile: bool = False  # torch.compile each repeated block (engine/compiling.py): slower start, not yet faster
     threads: int = 0  # torch intra-op threads; 0 = auto: the cores free at start (mpma.engine.threads)
     # keep the memory each step frees inside the process instead of handing it back to the kernel (glibc's
     # malloc settings, mpma.engine.allocator): CPU steps 1.07-1.18x faster on an idle machine, base's bf16
