@@ -12,8 +12,8 @@
 #   gpu_step    benchmarks/gpu_step.py: base, batch 64, 224 px, bf16, eager and torch.compile
 #               (samples/s, MFU against the GPU's dense bf16 peak, peak memory) -> gpu_step.json
 #   gpu_step_checkpointing   the same, eager, with run.activation_checkpointing=true
-#   cli         `mpma pretrain` on the GPU (bf16 autocast, 4 data workers, pinned memory), killed
-#               mid-run and resumed, then `mpma finetune vqa` and `mpma finetune retrieval` from it
+#   cli         `mpma pretrain` on the GPU (bf16 autocast, 4 data workers, pinned memory) to step 200,
+#               resumed to 300, then `mpma finetune vqa` and `mpma finetune retrieval` from it (1 epoch)
 #   torchrun    examples/launch_torchrun.sh (c10d rendezvous) with run.compile=true, resumed from its
 #               checkpoint. With one GPU torchrun starts one process, which trains unwrapped: DDP and
 #               FSDP over NCCL need two GPUs (NCCL refuses two ranks on one device); both are tested on
