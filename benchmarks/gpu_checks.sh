@@ -28,6 +28,8 @@ STEPS_SCALE=${STEPS_SCALE:-1}  # 0: the smallest runs that still exercise each p
 ONLY=${ONLY:-}                  # e.g. ONLY="cli torchrun": run only these checks
 ARCHIVE=${ARCHIVE:-}            # a .tar.gz of OUT_DIR, rewritten after each check (kept if a later one hangs)
 mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)  # both paths as given from the caller's folder, before the cd below
+[[ -z "$ARCHIVE" ]] || ARCHIVE=$(realpath -m "$ARCHIVE")
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK=$(mktemp -d)
@@ -111,4 +113,4 @@ if ((STEPS_SCALE)); then
     check pytest 180 python3 -m pytest -q -n 12 --maxprocesses=12 -p no:cacheprovider --durations=5
 fi
 rm -rf "$WORK"
-cat "$OUT_DIR/summary.txt"
+cat "$OUT_DIR/summary.txt" 2>/dev/null || echo "no check ran: ONLY=\"$ONLY\" names none of them"
