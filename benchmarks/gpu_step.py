@@ -17,8 +17,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
+import itertools
 import json
 import sys
 import tempfile
@@ -76,31 +78,26 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def profile_step(step, device: torch.device, rows: int = 12) -> dict:
-    """Profile one ``step``: print its ops by GPU time; return the wall seconds, the summed kernel
-    seconds (``gpu_busy_share`` = their ratio: well under 1 means the host cannot launch the
-    kernels as fast as the GPU runs them) and the number of operator calls."""
+def profile_step(helpers, step, device: torch.device, rows: int = 12) -> dict:
+    """Profile one ``step`` (``pretrain_step.profiled``: prints its ops by GPU time); return the wall
+    seconds, the summed kernel seconds (``gpu_busy_share`` = their ratio: well under 1 means the host
+    cannot launch the kernels as fast as the GPU runs them) and the number of operator calls."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        step()
-        sync()
-        wall = time.perf_counter() - started
-    events = prof.key_averages()
+    events, wall = helpers.profiled(step, device, rows)
     operator_calls = sum(e.count for e in events if e.key.startswith("aten::"))
     # the kernels' own rows (the ops that launch them carry the same time again)
     kernel_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
-    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(events.table(sort_by=sort, row_limit=rows), flush=True)
     print(f"profiled step: {wall:.3f} s wall, {kernel_s:.3f} s of kernels ({100 * kernel_s / wall:.0f}% busy), "
           f"{operator_calls} aten operator calls", flush=True)
     return {"profiled_wall_s": wall, "kernel_s": kernel_s, "gpu_busy_share": kernel_s / wall,
             "aten_operator_calls": operator_calls}
+
+
+def _call(fn, times: int) -> None:
+    """``fn()`` ``times`` times."""
+    for _ in range(times):
+        fn()
 
 
 def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir: str,
@@ -114,8 +111,7 @@ def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir:
     config, task, batch_size, vocab = helpers.build(args.preset, options, tokenizer, device)
     batch = helpers.synthetic_batch(config, batch_size, tokenizer, vocab, device)
     trainer = helpers.make_trainer(task, config, device, run_dir)
-    batches = iter(lambda: batch, None)  # the same batch, forever
-    step = lambda: trainer.train_step(batches)  # noqa: E731
+    step = functools.partial(trainer.train_step, itertools.repeat(batch))  # the same batch, forever
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     first = helpers.timed(step, device)
@@ -124,13 +120,13 @@ def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir:
     if flops is None:  # counted running eagerly (FlopCounterMode does not see compiled kernels)
         with torch.compiler.set_stance("force_eager"):
             flops = helpers.count_flops(step)
-    seconds = helpers.timed(lambda: [step() for _ in range(args.steps)], device) / args.steps
-    busy = profile_step(step, device) if args.profile and mode == "eager" else {}
+    seconds = helpers.timed(functools.partial(_call, step, args.steps), device) / args.steps
+    busy = profile_step(helpers, step, device) if args.profile and mode == "eager" else {}
     row = {**busy, "mode": mode, "preset": args.preset, "batch": batch_size, "image_size": config.vision.image_size,
            "precision": trainer.precision, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
            "first_step_s": first, "startup_s": max(0.0, first - seconds), "flops_per_step": flops,
            "peak_memory_bytes": peak_bytes(device)}
-    del trainer, task, batch, batches
+    del step, trainer, task, batch
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

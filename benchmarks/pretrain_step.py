@@ -280,16 +280,29 @@ OP_CLASSES = {"matmul": ("addmm", "aten::mm", "bmm", "linear", "matmul", "mkldnn
               "softmax/losses": ("softmax", "cross_entropy", "nll_loss"), "optimizer": ("adam", "foreach", "norm")}
 
 
-def profile_step(step, device: torch.device, rows: int) -> dict[str, float]:
-    """Print a torch.profiler table of one ``step`` (ops by self time) and return each op class's
-    share of the self time (:data:`OP_CLASSES`; the rest is ``other``: GELU, adds, indexing...)."""
-    from torch.profiler import profile
+def profiled(step, device: torch.device, rows: int):
+    """Run ``step`` once under torch.profiler (CPU ops, and the CUDA kernels on a GPU) and print its
+    ops by self time (GPU time on a GPU); returns the profiler's ``key_averages()`` and the wall seconds."""
+    from torch.profiler import ProfilerActivity, profile
 
-    with profile() as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
         step()
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        sync()
+        wall = time.perf_counter() - started
     averages = prof.key_averages()
-    print(averages.table(sort_by=sort, row_limit=rows))
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(averages.table(sort_by=sort, row_limit=rows), flush=True)
+    return averages, wall
+
+
+def profile_step(step, device: torch.device, rows: int) -> dict[str, float]:
+    """Print a torch.profiler table of one ``step`` (:func:`profiled`) and return each op class's
+    share of the self time (:data:`OP_CLASSES`; the rest is ``other``: GELU, adds, indexing...)."""
+    averages, _ = profiled(step, device, rows)
     shares: dict[str, float] = {}
     for event in averages:
         name = event.key.lower()

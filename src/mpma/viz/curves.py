@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 CURVES_PNG = "curves.png"
+LOG_JSONL = "log.jsonl"  # the run log read here (written by mpma.engine.trainer)
 PANEL_INCHES = (4.0, 2.8)  # width, height of one panel
 COLUMNS = 4
 DPI = 80
@@ -69,7 +70,7 @@ def read_log(path: str | Path, label: str | None = None) -> RunLog:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "log.jsonl"
+        path = path / LOG_JSONL
     run = RunLog(label or path.parent.name or str(path.parent))
     if not path.is_file():
         raise FileNotFoundError(f"no log.jsonl in {path.parent} (is it a run folder written by mpma pretrain / finetune?)")
@@ -252,7 +253,7 @@ def write_run_curves(run_dir: str | Path) -> Path | None:
     nothing is logged yet (a checkpoint before the first ``run.log_every`` step).
     """
     started = time.perf_counter()
-    if not (Path(run_dir) / "log.jsonl").exists():
+    if not (Path(run_dir) / LOG_JSONL).exists():
         log.debug("no curves yet: %s has no log.jsonl", run_dir)
         return None
     try:
