@@ -132,6 +132,10 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     memory_slots: int = 64  # 0 disables the memory: plain co-attention
     memory_layers: list[int] | None = None  # fusion layers with memory; None = all
+    # add a fixed 2-D sine-cosine table of each image token's patch position to the fusion's image
+    # tokens (after the projection), so the text stream can read *where* a finding is without first
+    # learning to recover it from the encoder's features; off keeps the published architecture
+    image_positions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "heads"):
@@ -140,6 +144,9 @@ class FusionConfig:
         checks.divisible("fusion.width", self.width, "fusion.heads", self.heads)
         checks.positive("fusion.mlp_ratio", self.mlp_ratio)
         checks.at_least("fusion.memory_slots", self.memory_slots, 0, "0 = no memory")
+        if self.image_positions and self.width % 4:
+            raise ConfigError(f"fusion.image_positions needs fusion.width divisible by 4 (a 2-D sine-cosine "
+                              f"table), got {self.width}")
         if self.memory_layers is not None:
             bad = [i for i in self.memory_layers if not 0 <= i < self.depth]
             if bad:
