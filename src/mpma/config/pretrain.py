@@ -186,6 +186,9 @@ class ObjectivesConfig:
     temperature: float = 0.07  # initial InfoNCE temperature (learnable)
     norm_pix_loss: bool = True
     itm_exclude_same_text: bool = True  # never draw a negative whose text equals the positive's
+    # GLA (global and local): a pair whose match key equals the row's (synthrad: the same finding set;
+    # a manifest's "key") is neither positive nor negative, instead of a negative to push away
+    align_exclude_same_key: bool = False
     # GLA-local's late-interaction score: (1 - w) * each word's best patch + w * each patch's best word
     # (0.5: FILIP's symmetric score; 0: words only, so background patches need not match any word)
     local_patch_to_token: float = 0.5
