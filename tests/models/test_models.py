@@ -338,13 +338,10 @@ def test_vit_without_drop_path_is_the_plain_computation_and_draws_nothing() -> N
     assert torch.equal(vit.eval()(images).tokens, out)  # train and eval agree when nothing is dropped
 
 
-@pytest.mark.parametrize("image_positions", [False, True])
-def test_negative_pairs_are_fused_in_the_same_call_with_the_same_result(micro_config, build_task, make_batch,
-                                                                        image_positions) -> None:
+def test_negative_pairs_are_fused_in_the_same_call_with_the_same_result(micro_config, build_task, make_batch) -> None:
     """One fusion call on B + B' rows gives what two calls give: the pairs' fused streams and the
-    negatives' pooled features (the fusion treats each row on its own); with ``fusion.image_positions``
-    each negative image's tokens keep their own patch positions."""
-    model = build_task(micro_config(f"fusion.image_positions={str(image_positions).lower()}")).model.eval()
+    negatives' pooled features (the fusion treats each row on its own)."""
+    model = build_task(micro_config()).model.eval()
     batch = make_batch(n=6)
     text_index, image_index = torch.tensor([1, 2, 0, 4]), torch.tensor([0, 0, 5, 3])
     calls = []
@@ -355,8 +352,7 @@ def test_negative_pairs_are_fused_in_the_same_call_with_the_same_result(micro_co
         plain = model(batch["images"], batch["input_ids"], batch["attention_mask"], mask_ratio=0.5,
                       generator=torch.Generator().manual_seed(0))
         separate = model.fuse(plain.text[text_index], batch["attention_mask"][text_index],
-                              plain.vision.tokens[image_index], patch_ids=plain.vision.ids_keep[image_index],
-                              grid=plain.vision.grid)
+                              plain.vision.tokens[image_index])
     assert len(calls) == 1 and calls[0] is not None  # chosen after the alignment embeddings exist
     torch.testing.assert_close(out.fusion.pooled, plain.fusion.pooled, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.fusion.text, plain.fusion.text, rtol=1e-4, atol=1e-5)

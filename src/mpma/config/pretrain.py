@@ -132,10 +132,6 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     memory_slots: int = 64  # 0 disables the memory: plain co-attention
     memory_layers: list[int] | None = None  # fusion layers with memory; None = all
-    # add a fixed 2-D sine-cosine table of each image token's patch position to the fusion's image
-    # tokens (after the projection), so the text stream can read *where* a finding is without first
-    # learning to recover it from the encoder's features; off keeps the published architecture
-    image_positions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "heads"):
@@ -144,9 +140,6 @@ class FusionConfig:
         checks.divisible("fusion.width", self.width, "fusion.heads", self.heads)
         checks.positive("fusion.mlp_ratio", self.mlp_ratio)
         checks.at_least("fusion.memory_slots", self.memory_slots, 0, "0 = no memory")
-        if self.image_positions and self.width % 4:
-            raise ConfigError(f"fusion.image_positions needs fusion.width divisible by 4 (a 2-D sine-cosine "
-                              f"table), got {self.width}")
         if self.memory_layers is not None:
             bad = [i for i in self.memory_layers if not 0 <= i < self.depth]
             if bad:
@@ -186,9 +179,6 @@ class ObjectivesConfig:
     temperature: float = 0.07  # initial InfoNCE temperature (learnable)
     norm_pix_loss: bool = True
     itm_exclude_same_text: bool = True  # never draw a negative whose text equals the positive's
-    # GLA (global and local): a pair whose match key equals the row's (synthrad: the same finding set;
-    # a manifest's "key") is neither positive nor negative, instead of a negative to push away
-    align_exclude_same_key: bool = False
     # GLA-local's late-interaction score: (1 - w) * each word's best patch + w * each patch's best word
     # (0.5: FILIP's symmetric score; 0: words only, so background patches need not match any word)
     local_patch_to_token: float = 0.5

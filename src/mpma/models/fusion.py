@@ -14,7 +14,6 @@ so masked-report reconstruction can draw on visual information stored in a learn
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,6 @@ from torch import nn
 
 from mpma.config import FusionConfig
 from mpma.models.layers import MLP, Attention, init_weights, run_block
-from mpma.models.vision import sincos_position_embedding
 
 
 class MemoryReadout(nn.Module):
@@ -139,31 +137,8 @@ class CoAttentionFusion(nn.Module):
         """Activation checkpointing per fusion layer (see :func:`mpma.models.layers.run_block`)."""
         self.grad_checkpointing = enable
 
-    def image_position_table(self, patch_ids: torch.Tensor | None, grid: int | None, tokens: int) -> torch.Tensor:
-        """``fusion.image_positions``' table for image tokens CLS + K patches: (B or 1, 1+K, D).
-
-        Args:
-            patch_ids: (B, K) grid indices of the patch tokens (row-major), or None: all G*G patches in order.
-            grid: G, the side of the patch grid; None derives it from ``tokens`` (unmasked images only).
-            tokens: 1 + K, the image tokens' count.
-        """
-        if grid is None:
-            grid = math.isqrt(tokens - 1)
-            if patch_ids is not None or grid * grid != tokens - 1:
-                raise ValueError(f"fusion.image_positions: {tokens - 1} patch tokens without their patch ids and "
-                                 "grid; pass patch_ids and grid for masked images")
-        table = sincos_position_embedding(grid, self.config.width).to(self.type_embed)  # (1, 1+G*G, D)
-        if patch_ids is None:
-            if table.shape[1] != tokens:
-                raise ValueError(f"fusion.image_positions: {tokens - 1} patch tokens for a {grid}x{grid} grid "
-                                 "without patch ids")
-            return table
-        index = torch.cat([torch.zeros_like(patch_ids[:, :1]), patch_ids + 1], dim=1)  # (B, 1+K), CLS first
-        return table[0][index]
-
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_attention: bool = False,
-        patch_ids: torch.Tensor | None = None, grid: int | None = None,
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_attention: bool = False
     ) -> FusionOutput:
         """Fuse unimodal features.
 
@@ -171,15 +146,10 @@ class CoAttentionFusion(nn.Module):
             text: (B, T, Dt) text-encoder states; text_mask: (B, T) 1 for real tokens.
             image: (B, 1+K, Dv) vision-encoder states (CLS first).
             return_attention: keep the last layer's text->image attention (visualisation).
-            patch_ids: (B, K) grid indices of the patch tokens when the image was masked (``VisionOutput.ids_keep``),
-                read only with ``fusion.image_positions``; None: the G*G patches in order.
-            grid: side of the patch grid (``VisionOutput.grid``), with ``patch_ids``.
         """
         key_mask = text_mask.bool()
         t = self.text_proj(text) + self.type_embed[0]
         v = self.image_proj(image) + self.type_embed[1]
-        if self.config.image_positions:
-            v = v + self.image_position_table(patch_ids, grid, image.shape[1])
         weights = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1

@@ -165,15 +165,10 @@ class MPMAModel(nn.Module):
 
     def fuse(
         self, text: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor,
-        return_attention: bool = False, patch_ids: torch.Tensor | None = None, grid: int | None = None,
+        return_attention: bool = False,
     ) -> FusionOutput:
-        """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv).
-
-        ``patch_ids`` (B, K) and ``grid`` locate the patch tokens of a masked image
-        (``VisionOutput.ids_keep`` / ``.grid``) for ``fusion.image_positions``; None: all patches in order.
-        """
-        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention,
-                           patch_ids=patch_ids, grid=grid)
+        """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv)."""
+        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention)
 
     def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled fused features (B, 2Df) -> matched/unmatched logits (B, 2)."""
@@ -210,14 +205,12 @@ class MPMAModel(nn.Module):
             out.align_vision = self._alignment_view(images, vision, mask_ratio, generator)
             self._align(out, out.align_vision, text, attention_mask)
         if negative_pairs is None:
-            out.fusion = self.fuse(text, attention_mask, vision.tokens, patch_ids=vision.ids_keep, grid=vision.grid)
+            out.fusion = self.fuse(text, attention_mask, vision.tokens)
         else:
             text_index, image_index = negative_pairs(out)
             rows = text.shape[0]
-            ids = vision.ids_keep
             both = self.fuse(torch.cat([text, text[text_index]]), torch.cat([attention_mask, attention_mask[text_index]]),
-                             torch.cat([vision.tokens, vision.tokens[image_index]]),
-                             patch_ids=None if ids is None else torch.cat([ids, ids[image_index]]), grid=vision.grid)
+                             torch.cat([vision.tokens, vision.tokens[image_index]]))
             out.fusion = FusionOutput(both.text[:rows], both.image[:rows], both.pooled[:rows], None)
             out.negative_pooled = both.pooled[rows:]
         if self.mlm_head is not None and mlm_positions is not None:

@@ -21,46 +21,19 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
 
 
-def info_nce(logits: torch.Tensor, offset: int = 0, excluded: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(logits: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Cross-entropy of each row against its positive column in a (B, W*B) logit block.
 
     Args:
         logits: (B, C) local rows (images) against all gathered columns (texts), where the positive
             of row i is column offset + i.
-        excluded: (B, C) bool, True where a column is neither the row's positive nor a negative (a pair
-            with the same match key): left out of the softmax. Never True on the positive column.
     """
     targets = torch.arange(logits.shape[0], device=logits.device) + offset
-    logits = logits.float()
-    if excluded is not None:
-        logits = logits.masked_fill(excluded, float("-inf"))
-    return F.cross_entropy(logits, targets)
-
-
-def same_key_columns(keys: torch.Tensor, all_keys: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """(B, C) bool: True where column j's key equals row i's and j is not i's own pair (offset + i).
-
-    Args:
-        keys: (B,) int64 match keys of this rank's pairs; all_keys: (C,) the keys of every column.
-    """
-    same = keys[:, None] == all_keys[None, :]
-    rows = torch.arange(keys.shape[0], device=keys.device)
-    same[rows, rows + offset] = False
-    return same
-
-
-def gather_keys(keys: torch.Tensor) -> torch.Tensor:
-    """All-gather (B,) match keys from every rank into (W*B,), in rank order (no gradient)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys
-    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, keys.contiguous())
-    return torch.cat(parts)
+    return F.cross_entropy(logits.float(), targets)
 
 
 def global_alignment_loss(
-    image_embed: torch.Tensor, text_embed: torch.Tensor, logit_scale: torch.Tensor,
-    match_key: torch.Tensor | None = None,
+    image_embed: torch.Tensor, text_embed: torch.Tensor, logit_scale: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Symmetric InfoNCE with negatives gathered from every rank.
 
@@ -68,22 +41,17 @@ def global_alignment_loss(
         image_embed: (B, A) L2-normalised image embeddings of this rank.
         text_embed: (B, A) L2-normalised text embeddings of this rank.
         logit_scale: scalar 1/temperature.
-        match_key: (B,) int64 or None. Given, a pair whose key equals the row's (the same finding set,
-            say) is not used as its negative: it leaves the softmax instead of being pushed away.
 
     Returns:
-        loss and metrics {"i2t_acc": in-batch top-1 accuracy image->text (with ``match_key``, among
-        the columns that count), "temperature"}.
+        loss and metrics {"i2t_acc": in-batch top-1 accuracy image->text, "temperature"}.
     """
     all_text, offset = gather_with_grad(text_embed)
     all_image, _ = gather_with_grad(image_embed)
-    excluded = None if match_key is None else same_key_columns(match_key, gather_keys(match_key), offset)
     logits_i2t = logit_scale * image_embed @ all_text.t()  # (B, W*B)
     logits_t2i = logit_scale * text_embed @ all_image.t()
-    loss = 0.5 * (info_nce(logits_i2t, offset, excluded) + info_nce(logits_t2i, offset, excluded))
+    loss = 0.5 * (info_nce(logits_i2t, offset) + info_nce(logits_t2i, offset))
     targets = torch.arange(image_embed.shape[0], device=image_embed.device) + offset
-    ranked = logits_i2t.detach() if excluded is None else logits_i2t.detach().masked_fill(excluded, float("-inf"))
-    accuracy = (ranked.argmax(-1) == targets).float().mean()
+    accuracy = (logits_i2t.detach().argmax(-1) == targets).float().mean()
     return loss, {"i2t_acc": accuracy, "temperature": 1.0 / logit_scale.detach()}
 
 
@@ -133,15 +101,13 @@ def late_interaction_scores(
 
 def local_alignment_loss(
     text_local: torch.Tensor, image_local: torch.Tensor, text_valid: torch.Tensor, logit_scale: torch.Tensor,
-    patch_to_token_weight: float = 0.5, match_key: torch.Tensor | None = None,
+    patch_to_token_weight: float = 0.5,
 ) -> torch.Tensor:
     """Cross-batch symmetric InfoNCE on late-interaction scores (this rank's batch only).
 
     Shapes and ``patch_to_token_weight`` as :func:`late_interaction_scores`; Bt == Bi == B, the
-    positive of text i is image i. ``match_key`` (B,): as in :func:`global_alignment_loss`, pairs
-    sharing a key are not each other's negatives.
+    positive of text i is image i.
     """
     scores = late_interaction_scores(text_local, image_local, text_valid, patch_to_token_weight)  # (B, B)
     logits = logit_scale * scores
-    excluded = None if match_key is None else same_key_columns(match_key, match_key)  # symmetric
-    return 0.5 * (info_nce(logits, excluded=excluded) + info_nce(logits.t(), excluded=excluded))
+    return 0.5 * (info_nce(logits) + info_nce(logits.t()))

@@ -106,8 +106,7 @@ class PretrainTask(nn.Module):
                 out.mim_pred, images, out.vision.mask, self.config.vision.patch_size, self.config.objectives.norm_pix_loss
             )
         if "global_align" in weights:
-            loss, metrics = global_alignment_loss(out.image_embed, out.text_embed, self.model.align.logit_scale(),
-                                                  self._alignment_keys(batch))
+            loss, metrics = global_alignment_loss(out.image_embed, out.text_embed, self.model.align.logit_scale())
             result.losses["global_align"] = loss
             result.metrics.update(metrics)
         if "local_align" in weights:
@@ -116,7 +115,7 @@ class PretrainTask(nn.Module):
                 text_valid = text_valid & ~mlm_positions
             result.losses["local_align"] = local_alignment_loss(
                 out.text_local, out.image_local, text_valid, self.model.align.logit_scale(),
-                self.config.objectives.local_patch_to_token, self._alignment_keys(batch),
+                self.config.objectives.local_patch_to_token,
             )
         if "itm" in weights:
             batch_size = input_ids.shape[0]
@@ -124,16 +123,6 @@ class PretrainTask(nn.Module):
             targets = (torch.arange(2 * batch_size, device=device) < batch_size).long()  # B ones, then B zeros
             result.losses["itm"], result.metrics["itm_acc"] = itm_loss(self.model.itm_logits(pooled), targets)
         return result
-
-    def _alignment_keys(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(B,) match keys when ``objectives.align_exclude_same_key`` keeps same-key pairs out of GLA's
-        negatives, else None."""
-        if not self.config.objectives.align_exclude_same_key:
-            return None
-        if "match_key" not in batch:
-            raise ValueError("objectives.align_exclude_same_key needs batches with a 'match_key' (B,) "
-                             "(the pairs' keys; every pair source of mpma.data gives one)")
-        return batch["match_key"]
 
     def _negatives(self, out: MPMAOutput, batch: dict[str, torch.Tensor],
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

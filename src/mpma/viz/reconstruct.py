@@ -68,7 +68,7 @@ def reconstruct(model, images: torch.Tensor, input_ids: torch.Tensor, attention_
         generator = torch.Generator(device).manual_seed(generator.initial_seed())
     vision = model.encode_image(images, ratio, generator)
     text = model.encode_text(input_ids.to(device), attention_mask.to(device))
-    fused = model.fuse(text, attention_mask.to(device), vision.tokens, patch_ids=vision.ids_keep, grid=vision.grid)
+    fused = model.fuse(text, attention_mask.to(device), vision.tokens)
     pred = model.mim_decoder(fused.image, vision.ids_restore).float()  # (B, N, P*P*C)
     model.train(was_training)
     p, channels = model.config.vision.patch_size, images.shape[1]
