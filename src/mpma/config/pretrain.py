@@ -132,10 +132,6 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     memory_slots: int = 64  # 0 disables the memory: plain co-attention
     memory_layers: list[int] | None = None  # fusion layers with memory; None = all
-    # alignment-guided fusion: add align_bias x cos(GLA-local word, GLA-local patch) to the text stream's
-    # attention logits on each patch, so the fusion reads the patches local alignment ties to each word
-    # (detached: MLM/ITM do not train GLA-local through it). 0 keeps the published fusion; needs GLA-local
-    align_bias: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("width", "heads"):
@@ -144,7 +140,6 @@ class FusionConfig:
         checks.divisible("fusion.width", self.width, "fusion.heads", self.heads)
         checks.positive("fusion.mlp_ratio", self.mlp_ratio)
         checks.at_least("fusion.memory_slots", self.memory_slots, 0, "0 = no memory")
-        checks.at_least("fusion.align_bias", self.align_bias, 0, "0 switches the alignment-guided fusion off")
         if self.memory_layers is not None:
             bad = [i for i in self.memory_layers if not 0 <= i < self.depth]
             if bad:

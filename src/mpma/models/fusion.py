@@ -58,15 +58,12 @@ class StreamLayer(nn.Module):
         context: torch.Tensor,
         context_mask: torch.Tensor | None,
         return_weights: bool = False,
-        context_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Args: x (B, N, D), x_mask (B, N) bool or None, context (B, M, D), context_mask (B, M) or None,
-        context_bias (B, N, M) added to the cross-attention logits, or None."""
+        """Args: x (B, N, D), x_mask (B, N) bool or None, context (B, M, D), context_mask (B, M) or None."""
         x = x + self.self_attn(self.norm_self(x), key_padding_mask=x_mask)[0]
         h = self.norm_cross(x)
         cross, weights = self.cross_attn(
-            h, self.norm_context(context), key_padding_mask=context_mask, return_weights=return_weights,
-            bias=context_bias,
+            h, self.norm_context(context), key_padding_mask=context_mask, return_weights=return_weights
         )
         if self.gate is not None:
             cross = torch.sigmoid(self.gate(h)) * cross
@@ -84,18 +81,14 @@ class FusionLayer(nn.Module):
         self.image_stream = StreamLayer(width, heads, mlp_ratio, gated=False)
 
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_weights: bool = False,
-        text_to_image_bias: torch.Tensor | None = None,
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """text (B, T, D), text_mask (B, T) bool, image (B, 1+K, D), text_to_image_bias (B, T, 1+K) or None
-        -> new text, new image, text->image weights."""
-        bias = text_to_image_bias
+        """text (B, T, D), text_mask (B, T) bool, image (B, 1+K, D) -> new text, new image, text->image weights."""
         if self.memory is not None:
             context = torch.cat([image, image + self.memory(image)], dim=1)
-            bias = None if bias is None else torch.cat([bias, bias], dim=-1)  # a token and its memory readout alike
         else:
             context = image
-        new_text, weights = self.text_stream(text, text_mask, context, None, return_weights, bias)
+        new_text, weights = self.text_stream(text, text_mask, context, None, return_weights)
         new_image, _ = self.image_stream(image, None, text, text_mask)
         if weights is not None:
             weights = weights[..., : image.shape[1]] + (weights[..., image.shape[1] :] if self.memory else 0)
@@ -145,8 +138,7 @@ class CoAttentionFusion(nn.Module):
         self.grad_checkpointing = enable
 
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_attention: bool = False,
-        text_to_image_bias: torch.Tensor | None = None,
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, return_attention: bool = False
     ) -> FusionOutput:
         """Fuse unimodal features.
 
@@ -154,7 +146,6 @@ class CoAttentionFusion(nn.Module):
             text: (B, T, Dt) text-encoder states; text_mask: (B, T) 1 for real tokens.
             image: (B, 1+K, Dv) vision-encoder states (CLS first).
             return_attention: keep the last layer's text->image attention (visualisation).
-            text_to_image_bias: (B, T, 1+K) added to every layer's text->image attention logits, or None.
         """
         key_mask = text_mask.bool()
         t = self.text_proj(text) + self.type_embed[0]
@@ -162,8 +153,7 @@ class CoAttentionFusion(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            t, v, weights = run_block(layer, t, key_mask, v, return_attention and last, text_to_image_bias,
-                                      recompute=self.grad_checkpointing)
+            t, v, weights = run_block(layer, t, key_mask, v, return_attention and last, recompute=self.grad_checkpointing)
         t, v = self.text_norm(t), self.image_norm(v)
         pooled = torch.cat([self.text_pool(t[:, 0]), self.image_pool(v[:, 0])], dim=-1)
         return FusionOutput(t, v, pooled, weights)

@@ -29,7 +29,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
     Args:
         q: (B, H, Nq, Dh); k, v: (B, H, Nk, Dh).
-        mask: (B, 1, 1, Nk) bool, True = attend; (B, 1, Nq, Nk) float, added to the logits; or None.
+        mask: (B, 1, 1, Nk) bool, True = attend; or None.
 
     Returns:
         (B, H, Nq, Dh) in q's dtype.
@@ -73,7 +73,6 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         return_weights: bool = False,
-        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``x`` to ``context`` (or to ``x`` itself).
 
@@ -82,7 +81,6 @@ class Attention(nn.Module):
             context: keys/values (B, Nk, Dk); None for self-attention.
             key_padding_mask: (B, Nk) bool, True where the key is a real token (attend), False = padding.
             return_weights: also return the head-averaged attention weights (B, Nq, Nk).
-            bias: (B, Nq, Nk) added to every head's attention logits, or None.
 
         Returns:
             output (B, Nq, D) and the weights or None.
@@ -96,15 +94,10 @@ class Attention(nn.Module):
         mask = None
         if key_padding_mask is not None:
             mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk), True = attend
-        if bias is not None:  # an additive float mask (B, 1, Nq, Nk), padding at -inf
-            additive = bias[:, None].to(q.dtype)
-            mask = additive if mask is None else additive.masked_fill(~mask, float("-inf"))
         if return_weights:
             scores = (q @ k.transpose(-2, -1)) * head_dim**-0.5
-            if mask is not None and mask.dtype == torch.bool:
+            if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            elif mask is not None:
-                scores = scores + mask
             weights = scores.softmax(dim=-1)
             out = weights @ v
             averaged = weights.mean(dim=1)

@@ -103,10 +103,6 @@ class MPMAModel(nn.Module):
         self.mim_decoder = (MIMDecoder(config.decoder, config.fusion.width, self.vision.grid**2, patch_pixels)
                             if "mim_decoder" in heads else None)
         self.itm_head = ClassifierHead(2 * config.fusion.width, 2) if "itm_head" in heads else None
-        if config.fusion.align_bias > 0 and not self.align_parts[1]:
-            raise ValueError(f"fusion.align_bias={config.fusion.align_bias} reads GLA-local's word and patch "
-                             "features, but this model has no GLA-local head (objectives.local_align=0, or the "
-                             "align head dropped); set fusion.align_bias=0 or keep GLA-local")
 
     @property
     def heads(self) -> set[str]:
@@ -172,20 +168,7 @@ class MPMAModel(nn.Module):
         return_attention: bool = False,
     ) -> FusionOutput:
         """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv)."""
-        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention,
-                           text_to_image_bias=self.alignment_bias(text, image_tokens))
-
-    def alignment_bias(self, text: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor | None:
-        """``fusion.align_bias`` x the GLA-local cosine of each word with each patch, detached:
-        (B, T, 1+K) with 0 for the image CLS; None when the setting is off."""
-        weight = self.config.fusion.align_bias
-        if weight == 0:
-            return None
-        with torch.no_grad():
-            words = F.normalize(self.align.local_text(text), dim=-1)  # (B, T, A)
-            patches = F.normalize(self.align.local_image(image_tokens[:, 1:]), dim=-1)  # (B, K, A)
-            similarity = torch.einsum("btd,bkd->btk", words, patches).float()
-        return weight * F.pad(similarity, (1, 0))
+        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention)
 
     def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled fused features (B, 2Df) -> matched/unmatched logits (B, 2)."""
