@@ -11,6 +11,9 @@
 #   env         GPU, driver, torch/transformers versions, host CPU
 #   gpu_step    benchmarks/gpu_step.py: base, batch 64, 224 px, bf16, eager and torch.compile
 #               (samples/s, MFU against the GPU's dense bf16 peak, peak memory) -> gpu_step.json
+#   mfu_levers  the two untried levers for the host-bound base step (7.4% MFU on an H200, 2026-12-04):
+#               a 4x larger batch (256, eager) and CUDA graphs (mode cudagraphs: run.compile_mode=
+#               reduce-overhead, batch 64) -> mfu_batch256.json, mfu_cudagraphs.json
 #   gpu_step_checkpointing   the same, eager, with run.activation_checkpointing=true
 #   cli         `mpma pretrain` on the GPU (bf16 autocast, 4 data workers, pinned memory) to step 200,
 #               resumed to 300, then `mpma finetune vqa` and `mpma finetune retrieval` from it (1 epoch)
@@ -96,7 +99,20 @@ torchrun_runs() {
     tail -n 3 "$WORK/torchrun/log.jsonl"
 }
 
-export -f env_report cli_runs torchrun_runs
+mfu_levers() {  # a larger batch, then CUDA graphs; each writes its JSON as soon as it finishes
+    if ((STEPS_SCALE)); then
+        python3 benchmarks/gpu_step.py --device "$DEVICE" --modes eager --batch 256 --steps 5 \
+            --json "$OUT_DIR/mfu_batch256.json" || return
+        python3 benchmarks/gpu_step.py --device "$DEVICE" --modes cudagraphs --json "$OUT_DIR/mfu_cudagraphs.json"
+    else
+        python3 benchmarks/gpu_step.py --device "$DEVICE" --preset tiny --steps 2 --warmup 1 --batch 8 --modes eager \
+            --json "$OUT_DIR/mfu_batch256.json" || return
+        python3 benchmarks/gpu_step.py --device "$DEVICE" --preset tiny --steps 2 --warmup 2 --batch 4 \
+            --modes cudagraphs --json "$OUT_DIR/mfu_cudagraphs.json"
+    fi
+}
+
+export -f env_report cli_runs torchrun_runs mfu_levers
 if ((STEPS_SCALE)); then
     step_args=(--json "$OUT_DIR/gpu_step.json")
 else
@@ -104,6 +120,7 @@ else
 fi
 check env 60 env_report
 check gpu_step 240 python3 benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]}"
+check mfu_levers 240 mfu_levers
 check gpu_step_checkpointing 120 python3 benchmarks/gpu_step.py --device "$DEVICE" "${step_args[@]/gpu_step.json/gpu_step_checkpointing.json}" \
     --modes eager --overrides run.activation_checkpointing=true
 check cli 150 cli_runs

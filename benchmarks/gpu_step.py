@@ -1,5 +1,11 @@
 """The pre-training step on a GPU: base, batch 64, 224 px, bf16, eager and ``torch.compile``d.
 
+Modes: ``eager``; ``compile`` (``run.compile=true``: each repeated block compiled); ``cudagraphs``
+(the same with ``run.compile_mode=reduce-overhead``: each compiled block replayed as a CUDA graph, the
+lever for a step bound by kernel launches, as the base step on an H200 is); ``bf16_weights`` (weights,
+gradients, AdamW state and the batch in bf16, no autocast: the ceiling of dropping autocast's casts; a
+measurement only, since training without fp32 master weights loses small updates).
+
 Times ``Trainer.train_step`` (the step ``mpma pretrain`` runs: one forward of the five losses,
 backward, clipping, fused AdamW) on one synthetic batch, built by ``benchmarks/pretrain_step.py``'s
 helpers so that both benchmarks measure the same step. Prints, per mode: s/step, samples/s, the
@@ -29,8 +35,15 @@ from pathlib import Path
 
 import torch
 
+from mpma.engine.precision import describe_cpu_bf16
+
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets, FLOP/s; first match wins.
 BF16_PEAK = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12)]
+
+
+# mode -> the run.* overrides that make it
+MODES = {"eager": ["run.compile=false"], "compile": ["run.compile=true"],
+         "cudagraphs": ["run.compile=true", "run.compile_mode=reduce-overhead"], "bf16_weights": ["run.compile=false"]}
 
 
 def _pretrain_step():
@@ -51,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per mode (the first one compiles)")
-    p.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "compile"])
     p.add_argument("--overrides", nargs="*", default=[], help="more dotted config overrides")
     p.add_argument("--profile", action="store_true", help="profile one eager step: GPU-busy share of the wall "
                    "time, operator count, the ops that take the most GPU time")
@@ -103,13 +116,17 @@ def _call(fn, times: int) -> None:
 def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir: str,
              flops: int | None) -> tuple[dict, int]:
     """Time ``args.steps`` Trainer steps in ``mode`` after ``args.warmup``; returns (row, FLOP/step)."""
-    overrides = [f"vision.image_size={args.image_size}", f"run.compile={mode == 'compile'}", *args.overrides]
+    overrides = [f"vision.image_size={args.image_size}", *MODES[mode], *args.overrides]
     options = helpers.parse_args([])  # pretrain_step.py's defaults, with this run's shapes and precision
-    for key, value in {"precision": args.precision, "batch": args.batch, "batch_tiny": args.batch,
+    precision = "fp32" if mode == "bf16_weights" else args.precision  # no autocast around bf16 weights
+    for key, value in {"precision": precision, "batch": args.batch, "batch_tiny": args.batch,
                        "batch_base": args.batch, f"{args.preset}_overrides": overrides}.items():
         setattr(options, key, value)
     config, task, batch_size, vocab = helpers.build(args.preset, options, tokenizer, device)
     batch = helpers.synthetic_batch(config, batch_size, tokenizer, vocab, device)
+    if mode == "bf16_weights":
+        task.to(torch.bfloat16)  # before the optimizer exists: its state is bf16 too
+        batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
     trainer = helpers.make_trainer(task, config, device, run_dir)
     step = functools.partial(trainer.train_step, itertools.repeat(batch))  # the same batch, forever
     if device.type == "cuda":
@@ -123,7 +140,7 @@ def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir:
     seconds = helpers.timed(functools.partial(_call, step, args.steps), device) / args.steps
     busy = profile_step(helpers, step, device) if args.profile and mode == "eager" else {}
     row = {**busy, "mode": mode, "preset": args.preset, "batch": batch_size, "image_size": config.vision.image_size,
-           "precision": trainer.precision, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
+           "precision": "bf16 weights" if mode == "bf16_weights" else trainer.precision, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
            "first_step_s": first, "startup_s": max(0.0, first - seconds), "flops_per_step": flops,
            "peak_memory_bytes": peak_bytes(device)}
     del step, trainer, task, batch
@@ -161,13 +178,14 @@ def main(argv=None) -> list[dict]:
                         f"first step {row['first_step_s']:.1f} s")  # kept if a later mode runs out of time
     print(f"\n{name}: {args.preset}, batch {args.batch}, {args.image_size} px, {rows[0]['precision']}; "
           f"MFU against {peak / 1e12:.3g} TFLOP/s ({source}); torch {torch.__version__}")
-    print(f"{'mode':<9}{'s/step':>9}{'samples/s':>11}{'start-up s':>12}{'TFLOP/step':>12}{'MFU':>8}{'peak GiB':>10}")
+    print(f"{'mode':<13}{'s/step':>9}{'samples/s':>11}{'start-up s':>12}{'TFLOP/step':>12}{'MFU':>8}{'peak GiB':>10}")
     for r in rows:
-        print(f"{r['mode']:<9}{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}{r['startup_s']:>12.1f}"
+        print(f"{r['mode']:<13}{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}{r['startup_s']:>12.1f}"
               f"{r['flops_per_step'] / 1e12:>12.2f}{100 * r['mfu']:>7.1f}%{r['peak_memory_bytes'] / 2**30:>10.2f}")
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "peak_flop_per_s": peak, "peak_source": source,
+        host = {"threads": torch.get_num_threads(), "cpu_bf16": describe_cpu_bf16()} if device.type == "cpu" else {}
+        Path(args.json).write_text(json.dumps({"device": name, **host, "peak_flop_per_s": peak, "peak_source": source,
                                                "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
     return rows
 

@@ -267,13 +267,15 @@ def test_gpu_step_smoke_runs_on_the_cpu_and_refuses_cuda_without_a_gpu(micro_ove
     gpu_step = _script("gpu_step")
     out = tmp_path / "gpu_step.json"
     rows = gpu_step.main(["--device", "cpu", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch", "4",
-                          "--precision", "fp32", "--image-size", "32", "--modes", "eager", "--json", str(out),
-                          "--profile", "--overrides", *micro_overrides])
-    assert [r["mode"] for r in rows] == ["eager"] and rows[0]["batch"] == 4
+                          "--precision", "fp32", "--image-size", "32", "--modes", "eager", "bf16_weights",
+                          "--json", str(out), "--profile", "--overrides", *micro_overrides])
+    assert [r["mode"] for r in rows] == ["eager", "bf16_weights"] and rows[0]["batch"] == 4
     assert rows[0]["flops_per_step"] > 0 and rows[0]["samples_per_s"] > 0 and 0 < rows[0]["mfu"]
     # the profile: the step's operator calls; no GPU kernels on a CPU
     assert rows[0]["aten_operator_calls"] > 100 and rows[0]["kernel_s"] == 0 and rows[0]["profiled_wall_s"] > 0
-    assert json.loads(out.read_text())["peak_source"] == "measured matmul"
+    assert (rows[0]["precision"], rows[1]["precision"]) == ("fp32", "bf16 weights")
+    written = json.loads(out.read_text())
+    assert written["peak_source"] == "measured matmul" and written["threads"] >= 1 and written["cpu_bf16"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA GPU here.*--device cpu"):
         gpu_step.main([])

@@ -7,12 +7,17 @@ a graph break, a block compiled once per instance or a result that differs would
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo
 from torch import nn
 from torch._dynamo.utils import counters
 
+from mpma.config import ConfigError
+from mpma.engine import compiling
 from mpma.engine.compiling import compile_repeated_blocks, repeated_blocks
+from mpma.engine.distributed import DistEnv
+from mpma.engine.trainer import Trainer
 
 BLOCK_LISTS = ["vision.blocks", "text.encoder.encoder.layer", "fusion.layers", "mim_decoder.blocks"]
 
@@ -60,3 +65,31 @@ def test_compiled_blocks_match_eager_without_graph_breaks_and_compile_once_per_b
 
 def test_a_module_without_repeated_blocks_compiles_nothing() -> None:
     assert compile_repeated_blocks(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == []
+
+
+def test_run_compile_mode_reaches_torch_compile(micro_config, build_task, make_batch, tmp_path, monkeypatch) -> None:
+    """``run.compile_mode`` is the mode every block is compiled with ("default": torch's own, no mode);
+    with CUDA graphs each step tells torch a new step begins (its graphs may reuse the last one's memory)."""
+    calls, step_marks = [], []
+
+    def recording_compile(fn, **options):
+        calls.append(options)
+        return fn
+
+    monkeypatch.setattr(compiling.torch, "compile", recording_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: step_marks.append(1))
+    batch = make_batch(n=4)
+    for mode, expected, marks in [("default", {"backend": "inductor"}, 0),
+                                  ("reduce-overhead", {"backend": "inductor", "mode": "reduce-overhead"}, 2)]:
+        calls.clear()
+        step_marks.clear()
+        config = micro_config("run.compile=true", f"run.compile_mode={mode}")
+        task = build_task(config)
+        trainer = Trainer(task, task.loss_weights, [{"params": list(task.parameters()), "base_lr": 1e-3}],
+                          config.optim, config.run, tmp_path / mode, DistEnv())
+        assert calls and all(options == expected for options in calls)
+        for _ in range(2):
+            trainer.train_step(iter([batch]))
+        assert len(step_marks) == marks
+    with pytest.raises(ConfigError, match="run.compile_mode"):
+        micro_config("run.compile_mode=fastest")

@@ -21,6 +21,7 @@ from mpma.config.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: mpma.engine.precision.resolve_precision
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")  # run.parallel: mpma.engine.parallel shards for fsdp
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile(mode=...)
 ACTIVATIONS = ("gelu", "quick_gelu")  # mpma.models.layers.ACTIVATIONS
 ALIGN_POOLS = ("cls", "mean")
 MASK_WEIGHTINGS = ("uniform", "idf", "surprisal")  # text.mask_weighting: mpma.data.text.mask_weights
@@ -320,6 +321,10 @@ class RunConfig:
     # whose step is a multiple of this (0 = off), into log.jsonl, and at the end into summary.json
     grounding_every: int = 0
     compile: bool = False  # torch.compile each repeated block (engine/compiling.py): slower start, not yet faster
+    # torch.compile's mode with run.compile: "reduce-overhead" replays each compiled block as a CUDA graph
+    # (GPU; for a step bound by kernel launches, as the base step on an H200 is), "max-autotune" also
+    # searches matmul kernels (long start-up)
+    compile_mode: str = "default"
     threads: int = 0  # torch intra-op threads; 0 = auto: the cores free at start (mpma.engine.threads)
     # keep the memory each step frees inside the process instead of handing it back to the kernel (glibc's
     # malloc settings, mpma.engine.allocator): CPU steps 1.07-1.18x faster on an idle machine, base's bf16
@@ -341,6 +346,7 @@ class RunConfig:
         checks.choice("run.precision", self.precision, PRECISIONS)
         checks.choice("run.device", self.device, DEVICES)
         checks.choice("run.parallel", self.parallel, PARALLEL)
+        checks.choice("run.compile_mode", self.compile_mode, COMPILE_MODES)
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise ConfigError("run.parallel=fsdp trains in fp32 or bf16 (no fp16 loss scaling); use run.precision=bf16")
         checks.positive("run.log_every", self.log_every, "steps between log lines")

@@ -24,12 +24,21 @@ def repeated_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
             for index, block in enumerate(child)]
 
 
-def compile_repeated_blocks(module: nn.Module, backend: str = "inductor") -> list[str]:
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that replay CUDA graphs
+
+
+def compile_options(mode: str = "default", backend: str = "inductor") -> dict:
+    """``torch.compile`` keyword arguments for ``run.compile_mode`` (inductor's modes; "default" adds none)."""
+    return {"backend": backend} if mode == "default" else {"backend": backend, "mode": mode}
+
+
+def compile_repeated_blocks(module: nn.Module, backend: str = "inductor", mode: str = "default") -> list[str]:
     """Replace each repeated block's ``forward`` by its ``torch.compile``d version (lazily compiled on
     the first call); returns the blocks' names (empty when ``module`` has none). A block compiled
-    before (its instance holds its own ``forward``) is left as it is."""
+    before (its instance holds its own ``forward``) is left as it is. ``mode``: ``run.compile_mode``
+    ("reduce-overhead": each block replayed as a CUDA graph on a GPU)."""
     blocks = repeated_blocks(module)
     for _, block in blocks:
         if "forward" not in vars(block):
-            block.forward = torch.compile(block.forward, backend=backend)
+            block.forward = torch.compile(block.forward, **compile_options(mode, backend))
     return [name for name, _ in blocks]

@@ -25,7 +25,7 @@ from mpma.config import OptimConfig, RunConfig
 from mpma.engine import checkpoint as ckpt
 from mpma.engine import parallel
 from mpma.engine.allocator import retain_freed_memory
-from mpma.engine.compiling import compile_repeated_blocks
+from mpma.engine.compiling import CUDA_GRAPH_MODES, compile_options, compile_repeated_blocks
 from mpma.engine.distributed import DistEnv, barrier, mean_across_ranks
 from mpma.engine.precision import cpu_bf16_features, resolve_precision
 from mpma.engine.run_folder import RunFolderWarning, truncate_log
@@ -151,8 +151,8 @@ class Trainer:
             # the graph at its randomness, which left the whole-task compile no faster than eager. A
             # task without repeated blocks is compiled whole. Compilation is lazy, on the first steps;
             # checkpoints hold the bare module's names either way.
-            if not compile_repeated_blocks(task):
-                self.wrapped = torch.compile(self.wrapped)
+            if not compile_repeated_blocks(task, mode=run.compile_mode):
+                self.wrapped = torch.compile(self.wrapped, **compile_options(run.compile_mode))
             if env.is_main:
                 logging.getLogger("mpma").warning("run.compile=true: torch.compile adds start-up time while the "
                                                   "first steps compile (a minute or more on CPU)")
@@ -345,6 +345,9 @@ class Trainer:
         values: dict[str, list[float]] = {}
         samples = 0
         for micro in range(self.optim_cfg.accumulate):
+            if self.run_cfg.compile and self.run_cfg.compile_mode in CUDA_GRAPH_MODES:
+                # a new forward/backward: CUDA-graph trees may reuse the previous one's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             batch = self._to_device(next(data))
             losses, metrics, n = self._micro_step(batch, micro, sync=micro == self.optim_cfg.accumulate - 1)
             for key, value in {**losses, **metrics}.items():
