@@ -153,8 +153,6 @@ def test_text_encoder_architecture_is_saved_with_the_folder(tmp_path, micro_conf
 
     from transformers import AutoConfig, AutoModel
 
-    from mpma.models.mpma import MPMAModel
-
     source = tmp_path / "roberta"
     hf = AutoConfig.for_model("roberta", vocab_size=len(tokenizer) + 3, hidden_size=48, num_hidden_layers=1,
                               num_attention_heads=2, intermediate_size=64, pad_token_id=0, max_position_embeddings=60,

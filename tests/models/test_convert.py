@@ -242,8 +242,6 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 
 def test_vision_init_in_the_config_loads_clip_into_the_backbone(clip_dir, micro_config, tokenizer):
-    from mpma.models.mpma import MPMAModel
-
     path, hf = clip_dir
     config = micro_config(f"vision.init={path}", "vision.depth=2", "vision.mlp_ratio=2.0", "vision.pre_norm=true",
                           "vision.activation=quick_gelu", "vision.norm_eps=1e-5")
@@ -337,7 +335,6 @@ def test_real_minilm_text_encoder_equals_automodel(micro_overrides):
     from transformers import AutoModel
 
     from mpma.data.text import load_tokenizer, tokenize
-    from mpma.models.mpma import MPMAModel
 
     folder = str(package.get_model_path())
     tokenizer = load_tokenizer(folder)
