@@ -75,6 +75,12 @@ EXTRA_ROW_SPECS: dict[str, Row] = {
        for part in ("no_local", "no_global", "no_memory", "no_itm")},
     # both alignments off, the memory kept: M3AE-style plus MA-CMF's memory (is one alignment enough?)
     "mpma_3x_no_align": ("tiny", ["objectives.global_align=0", "objectives.local_align=0", "optim.steps=2100"]),
+    # twice the default budget with GLA-local on each word's best patch (preset tiny_grounding: where both
+    # grounding targets are met, RESULTS section 4), M3AE-style at the same steps, and the part ablations
+    "mpma_grounding": ("tiny_grounding", []),
+    "m3ae_style_2x_steps": ("tiny_m3ae", ["optim.steps=1400"]),
+    **{f"mpma_grounding_{part}": ("tiny_grounding", DEFAULT_ROW_SPECS[f"mpma_{part}"][1])
+       for part in ("no_local", "no_global", "no_memory", "no_itm")},
 }
 ROWS: dict[str, Row] = {**DEFAULT_ROW_SPECS, **EXTRA_ROW_SPECS}
 DEFAULT_ROWS = tuple(DEFAULT_ROW_SPECS)

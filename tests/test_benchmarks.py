@@ -406,6 +406,12 @@ def test_ablation_fitting_vqa_fine_tunes_vqa_again_on_the_recipe_at_the_same_bud
     assert "vqa_fit" not in ablation.row_tasks("scratch")  # not part of the default table
     for part in ("no_local", "no_global", "no_memory", "no_itm"):  # the part ablations at 3x the budget
         assert ablation.ROWS[f"mpma_3x_{part}"] == ("tiny", [*ablation.ROWS[f"mpma_{part}"][1], "optim.steps=2100"])
+        # and at twice the budget: the grounding preset, compared with M3AE-style at its steps
+        assert ablation.ROWS[f"mpma_grounding_{part}"] == ("tiny_grounding", ablation.ROWS[f"mpma_{part}"][1])
+    from mpma.config import load_config
+
+    m3ae_steps = load_config(*ablation.ROWS["m3ae_style_2x_steps"]).optim.steps
+    assert m3ae_steps == load_config(ablation.ROWS["mpma_grounding"][0]).optim.steps == 1400
     assert "retrieval_zero_shot" not in ablation.row_tasks("mpma_3x_no_global")
 
 

@@ -20,7 +20,7 @@ from mpma.config import (
     preset_names,
 )
 
-PRESETS = ["tiny", "small", "base", "tiny_m3ae", "base_m3ae"]
+PRESETS = ["tiny", "small", "base", "tiny_m3ae", "base_m3ae", "tiny_grounding"]
 
 
 def test_every_documented_preset_exists() -> None:
@@ -48,6 +48,15 @@ def test_preset_shapes_match_the_design() -> None:
     assert base.optim.head_lr_mult == 5.0
     tiny = load_config("tiny")
     assert tiny.vision.image_size == 64 and tiny.vision.patch_size == 8
+
+
+def test_the_grounding_preset_is_tiny_at_twice_the_steps_with_words_only_local_scores() -> None:
+    child, tiny = load_config("tiny_grounding"), load_config("tiny")
+    assert child.optim.steps == 2 * tiny.optim.steps and child.objectives.local_patch_to_token == 0
+    assert child.vision == tiny.vision and child.text == tiny.text and child.fusion == tiny.fusion
+    assert child.data == tiny.data and child.run == tiny.run
+    assert {k: v for k, v in vars(child.optim).items() if k != "steps"} == {
+        k: v for k, v in vars(tiny.optim).items() if k != "steps"}
 
 
 @pytest.mark.parametrize("ablation, parent", [("tiny_m3ae", "tiny"), ("base_m3ae", "base")])
