@@ -140,7 +140,8 @@ def run_mode(helpers, mode: str, args, tokenizer, device: torch.device, run_dir:
     seconds = helpers.timed(functools.partial(_call, step, args.steps), device) / args.steps
     busy = profile_step(helpers, step, device) if args.profile and mode == "eager" else {}
     row = {**busy, "mode": mode, "preset": args.preset, "batch": batch_size, "image_size": config.vision.image_size,
-           "precision": "bf16 weights" if mode == "bf16_weights" else trainer.precision, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
+           "precision": "bf16 weights" if mode == "bf16_weights" else trainer.precision,
+           "s_per_step": seconds, "samples_per_s": batch_size / seconds,
            "first_step_s": first, "startup_s": max(0.0, first - seconds), "flops_per_step": flops,
            "peak_memory_bytes": peak_bytes(device)}
     del step, trainer, task, batch
@@ -185,8 +186,9 @@ def main(argv=None) -> list[dict]:
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         host = {"threads": torch.get_num_threads(), "cpu_bf16": describe_cpu_bf16()} if device.type == "cpu" else {}
-        Path(args.json).write_text(json.dumps({"device": name, **host, "peak_flop_per_s": peak, "peak_source": source,
-                                               "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+        figures = {"device": name, **host, "peak_flop_per_s": peak, "peak_source": source,
+                   "torch": torch.__version__, "rows": rows}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return rows
 
 
