@@ -192,9 +192,8 @@ class ObjectivesConfig:
         checks.positive("objectives.align_dim", self.align_dim)
         checks.choice("objectives.align_pool", self.align_pool, ALIGN_POOLS)
         checks.positive("objectives.temperature", self.temperature)
-        if not 0.0 <= self.local_patch_to_token <= 1.0:
-            raise ConfigError(f"objectives.local_patch_to_token: expected a weight in [0, 1], got "
-                              f"{self.local_patch_to_token}")
+        checks.in_range("objectives.local_patch_to_token", self.local_patch_to_token, 0.0, 1.0, high_open=False,
+                        note="the patch->token share of GLA-local's score")
 
 
 @dataclass

@@ -146,6 +146,7 @@ class Trainer:
         self.wrapped = task
         if env.distributed and not self.sharded:
             self.wrapped = parallel.wrap_ddp(task, env.device, find_unused_parameters)
+        self.replays_cuda_graphs = run.compile and run.compile_mode in CUDA_GRAPH_MODES
         if run.compile:
             # Each repeated block's forward (mpma.engine.compiling): the task around the blocks breaks
             # the graph at its randomness, which left the whole-task compile no faster than eager. A
@@ -345,7 +346,7 @@ class Trainer:
         values: dict[str, list[float]] = {}
         samples = 0
         for micro in range(self.optim_cfg.accumulate):
-            if self.run_cfg.compile and self.run_cfg.compile_mode in CUDA_GRAPH_MODES:
+            if self.replays_cuda_graphs:
                 # a new forward/backward: CUDA-graph trees may reuse the previous one's output memory
                 torch.compiler.cudagraph_mark_step_begin()
             batch = self._to_device(next(data))
