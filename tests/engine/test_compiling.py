@@ -93,3 +93,5 @@ def test_run_compile_mode_reaches_torch_compile(micro_config, build_task, make_b
         assert len(step_marks) == marks
     with pytest.raises(ConfigError, match="run.compile_mode"):
         micro_config("run.compile_mode=fastest")
+    with pytest.raises(ConfigError, match="add run.compile=true"):  # a mode that would silently do nothing
+        micro_config("run.compile_mode=reduce-overhead")

@@ -346,6 +346,9 @@ class RunConfig:
         checks.choice("run.device", self.device, DEVICES)
         checks.choice("run.parallel", self.parallel, PARALLEL)
         checks.choice("run.compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"run.compile_mode={self.compile_mode} has no effect without torch.compile; "
+                              "add run.compile=true (or leave run.compile_mode at default)")
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise ConfigError("run.parallel=fsdp trains in fp32 or bf16 (no fp16 loss scaling); use run.precision=bf16")
         checks.positive("run.log_every", self.log_every, "steps between log lines")
