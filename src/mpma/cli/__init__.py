@@ -17,8 +17,10 @@ OVERWRITE_HELP = ("run even if --out holds another run, this run finished, or ot
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+    from mpma.config import preset_names  # no torch: `mpma --help` stays instant
+
     parser.add_argument("--config", default=default_preset,
-                        help=f"preset name (tiny, tiny_grounding, small, base, tiny_m3ae, base_m3ae) or a YAML file (default: {default_preset})")
+                        help=f"preset name ({', '.join(preset_names())}) or a YAML file (default: {default_preset})")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides, e.g. optim.steps=200 vision.mask_ratio=0.6")
 
