@@ -46,6 +46,23 @@ def test_no_warmup_starts_at_the_peak() -> None:
     assert lr_multiplier(10, 0, 10) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("min_ratio", [0.0, 0.2])
+def test_stable_then_decay_holds_the_peak_until_the_last_decay_steps(min_ratio: float) -> None:
+    warmup, total, decay_steps = 10, 110, 20
+    schedule = [lr_multiplier(s, warmup, total, min_ratio, decay_steps) for s in range(total + 1)]
+    assert schedule[:warmup] == [lr_multiplier(s, warmup, total, min_ratio) for s in range(warmup)]  # same warm-up
+    assert schedule[warmup:total - decay_steps + 1] == pytest.approx([1.0] * (total - decay_steps - warmup + 1))
+    # the decay is the plain schedule's cosine, squeezed into the last decay_steps
+    halfway = total - decay_steps // 2
+    assert schedule[halfway] == pytest.approx(min_ratio + (1 - min_ratio) * 0.5)
+    assert schedule[total] == pytest.approx(min_ratio)
+    decay = schedule[total - decay_steps:]
+    assert all(b < a for a, b in zip(decay, decay[1:]))
+    # a decay longer than the steps after warm-up is the plain cosine schedule
+    assert [lr_multiplier(s, warmup, total, min_ratio, 500) for s in range(total + 1)] == pytest.approx(
+        [lr_multiplier(s, warmup, total, min_ratio) for s in range(total + 1)])
+
+
 def test_step_seeds_are_distinct() -> None:
     seeds = {step_seed(0, s, r, m) for s in range(50) for r in range(4) for m in range(3)}
     assert len(seeds) == 50 * 4 * 3

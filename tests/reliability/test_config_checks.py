@@ -59,6 +59,7 @@ PRETRAIN_ERRORS = [
     ("optim.steps=0", "optim.steps", "pre-training steps"),
     ("optim.warmup_steps=-1", "optim.warmup_steps", ">= 0"),
     ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio", "[0, 1]"),
+    ("optim.decay_steps=-5", "optim.decay_steps", ">= 0"),
     ("optim.grad_clip=-1", "optim.grad_clip", ">= 0"),
     ("data.batch_size=0", "data.batch_size", ">= 1"),
     ("data.train_size=0", "data.train_size", ">= 1"),

@@ -272,7 +272,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and cosine decay."""
+    """AdamW with linear warm-up and cosine decay (over every later step, or over the last ``decay_steps``)."""
 
     lr: float = 1e-4
     head_lr_mult: float = 5.0  # learning-rate multiplier for fusion and heads (M3AE: 5)
@@ -286,6 +286,9 @@ class OptimConfig:
     steps: int = 100000
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0
+    # 0: cosine decay from the end of warm-up to the last step; N > 0: the rate holds at its peak and the
+    # cosine decay runs over the last N steps only (warm-up, stable, decay)
+    decay_steps: int = 0
     grad_clip: float = 1.0  # 0 disables clipping
     accumulate: int = 1
 
@@ -299,6 +302,7 @@ class OptimConfig:
         checks.positive("optim.eps", self.eps)
         checks.at_least("optim.steps", self.steps, 0, "pre-training: >= 1; fine-tuning: 0, set from the epochs")
         checks.at_least("optim.warmup_steps", self.warmup_steps, 0)
+        checks.at_least("optim.decay_steps", self.decay_steps, 0, "0 decays over every step after warm-up")
         checks.in_range("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, high_open=False)
         checks.at_least("optim.grad_clip", self.grad_clip, 0, "0 disables clipping")
         checks.positive("optim.accumulate", self.accumulate, "micro-batches per optimizer step")

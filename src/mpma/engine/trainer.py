@@ -39,11 +39,16 @@ class DivergenceError(ValueError, FloatingPointError):
     """
 
 
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
-    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, decay_steps: int = 0) -> float:
+    """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    ``decay_steps > 0`` is warm-up, stable, decay: the rate holds at its peak after warm-up and the cosine
+    decay runs over the last ``decay_steps`` steps only (cut at the warm-up's end when it is longer).
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    decay_start = warmup_steps if decay_steps <= 0 else max(warmup_steps, total_steps - decay_steps)
+    progress = (step - decay_start) / max(1, total_steps - decay_start)
     progress = min(max(progress, 0.0), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -298,7 +303,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _set_lr(self) -> float:
-        mult = lr_multiplier(self.step, self.optim_cfg.warmup_steps, self.optim_cfg.steps, self.optim_cfg.min_lr_ratio)
+        mult = lr_multiplier(self.step, self.optim_cfg.warmup_steps, self.optim_cfg.steps, self.optim_cfg.min_lr_ratio,
+                             self.optim_cfg.decay_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * mult
         return self.optim_cfg.lr * mult
