@@ -405,7 +405,9 @@ def test_ablation_fitting_vqa_fine_tunes_vqa_again_on_the_recipe_at_the_same_bud
     assert "vqa_fit_overall" in ablation.table(report["rows"])
     assert "vqa_fit" not in ablation.row_tasks("scratch")  # not part of the default table
     for part in ("no_local", "no_global", "no_memory", "no_itm"):  # the part ablations at 3x the budget
-        assert ablation.ROWS[f"mpma_3x_{part}"] == ("tiny", [*ablation.ROWS[f"mpma_{part}"][1], "optim.steps=2100"])
+        assert ablation.ROWS[f"mpma_3x_{part}"] == ("tiny", [*ablation.COSINE_TINY, *ablation.ROWS[f"mpma_{part}"][1],
+                                                            "optim.steps=2100"])
+        assert ablation.ROWS[f"mpma_cosine_{part}"] == ("tiny", [*ablation.COSINE_TINY, *ablation.ROWS[f"mpma_{part}"][1]])
         # and at twice the budget: the grounding preset, compared with M3AE-style at its steps
         assert ablation.ROWS[f"mpma_grounding_{part}"] == ("tiny_grounding", ablation.ROWS[f"mpma_{part}"][1])
     from mpma.config import load_config
@@ -583,3 +585,26 @@ def test_gpu_checks_reports_each_check_and_keeps_going_past_a_failure(tmp_path) 
     assert "no CUDA GPU here" in (out / "gpu_step.log").read_text()
     with tarfile.open(archive) as tar:
         assert {"./env.log", "./gpu_step.log", "./summary.txt"} <= set(tar.getnames())
+
+
+def test_ablation_rows_measured_before_tiny_s_schedule_change_keep_their_configuration() -> None:
+    """The extra rows were measured on tiny's plain cosine decay (and the cosine 700-step table with FILIP's
+    symmetric local score): their overrides pin what they ran with, so they reproduce their recorded figures;
+    the issue's seven rows run today's tiny."""
+    from mpma.config import load_config
+
+    ablation = _script("ablation")
+    for row, spec in ablation.EXTRA_ROW_SPECS.items():
+        config = load_config(*spec)
+        assert config.optim.decay_steps == 0, row
+        if spec[0] == "tiny":
+            assert config.objectives.local_patch_to_token == 0.5, row
+        if spec[0] == "tiny_grounding":
+            assert config.objectives.local_patch_to_token == 0 and config.optim.steps == 1400, row
+    tiny = load_config("tiny")
+    for row in ablation.DEFAULT_ROWS:
+        if ablation.ROWS[row] is not None:
+            assert load_config(*ablation.ROWS[row]).optim == tiny.optim, row
+    cosine, default = load_config(*ablation.ROWS["mpma_cosine"]), load_config(*ablation.ROWS["mpma"])
+    assert (cosine.vision, cosine.text, cosine.fusion, cosine.data) == (default.vision, default.text, default.fusion,
+                                                                       default.data)

@@ -50,13 +50,14 @@ def test_preset_shapes_match_the_design() -> None:
     assert tiny.vision.image_size == 64 and tiny.vision.patch_size == 8
 
 
-def test_the_grounding_preset_is_tiny_at_twice_the_steps_with_words_only_local_scores() -> None:
+def test_the_grounding_preset_is_tiny_at_twice_the_steps_on_the_plain_cosine_schedule() -> None:
     child, tiny = load_config("tiny_grounding"), load_config("tiny")
     assert child.optim.steps == 2 * tiny.optim.steps and child.objectives.local_patch_to_token == 0
+    assert child.optim.decay_steps == 0 < tiny.optim.decay_steps  # the schedule its recorded figures ran with
     assert child.vision == tiny.vision and child.text == tiny.text and child.fusion == tiny.fusion
-    assert child.data == tiny.data and child.run == tiny.run
-    assert {k: v for k, v in vars(child.optim).items() if k != "steps"} == {
-        k: v for k, v in vars(tiny.optim).items() if k != "steps"}
+    assert child.data == tiny.data and child.run == tiny.run and child.objectives == tiny.objectives
+    assert {k: v for k, v in vars(child.optim).items() if k not in ("steps", "decay_steps")} == {
+        k: v for k, v in vars(tiny.optim).items() if k not in ("steps", "decay_steps")}
 
 
 @pytest.mark.parametrize("ablation, parent", [("tiny_m3ae", "tiny"), ("base_m3ae", "base")])
