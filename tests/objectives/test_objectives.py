@@ -237,7 +237,11 @@ def test_late_interaction_weighs_its_two_directions(weight: float) -> None:
 def test_local_patch_to_token_is_a_weight(micro_config) -> None:
     from mpma.config import ConfigError
 
-    assert micro_config().objectives.local_patch_to_token == 0.5  # FILIP's symmetric score by default
+    from mpma.config.pretrain import ObjectivesConfig
+
+    assert ObjectivesConfig().local_patch_to_token == 0.5  # FILIP's symmetric score by default
+    assert micro_config().objectives.local_patch_to_token == 0  # tiny: each word's best patch only
+    assert micro_config("objectives.local_patch_to_token=0.5").objectives.local_patch_to_token == 0.5
     assert micro_config("objectives.local_patch_to_token=0").objectives.local_patch_to_token == 0
     with pytest.raises(ConfigError, match="objectives.local_patch_to_token.*\\[0, 1\\]"):
         micro_config("objectives.local_patch_to_token=1.5")
