@@ -1,9 +1,10 @@
 """The miniature reproduction on synthrad: does each part of MPMA matter? (issue 12's table)
 
-    python benchmarks/ablation.py --out runs/ablation --jobs 2         # 7 rows x 3 seeds as two 1-thread streams: 2-2.6 h
-    python benchmarks/ablation.py --out runs/ablation                  # the same in one stream: twice that
+    python benchmarks/ablation.py --out runs/ablation --fitting-vqa --skip-default-vqa --jobs 2   # the issue's table
+    python benchmarks/ablation.py --out runs/ablation --jobs 2         # VQA with M3AE's recipe instead: ~2.6 h
+    python benchmarks/ablation.py --rows scratch m3ae_style_cosine mpma_cosine --jobs 2   # on tiny's old cosine schedule
     python benchmarks/ablation.py --out runs/ablation --seeds 1 --rows mpma scratch   # a quick look
-    python benchmarks/ablation.py --out runs/ablation --collect       # the table of whatever has finished
+    python benchmarks/ablation.py --out runs/ablation --collect --fitting-vqa --skip-default-vqa  # what has finished
     python benchmarks/ablation.py --rows mpma_3x_no_memory --fitting-vqa --skip-default-vqa  # only the fitting VQA recipe
 
 Every row is a preset plus overrides (never a code fork), pre-trained with the default ``mpma pretrain``
