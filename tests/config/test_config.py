@@ -118,11 +118,32 @@ def test_unknown_keys_are_errors_naming_the_key(override: str, key: str) -> None
     ("fusion.memory_layers=3", "fusion.memory_layers"),
     ("vision=3", "vision"),
     ("objectives.align_pool=[1]", "objectives.align_pool"),
+    ("objectives.end_weights=3", "objectives.end_weights"),
+    ("objectives.end_weights={mim: abc}", "objectives.end_weights.mim"),
+    ("objectives.end_weights={mim: -1}", "objectives.end_weights.mim"),
+    ("objectives.end_weights={mlm_loss: 1}", "objectives.end_weights"),
 ])
 def test_wrong_types_are_errors_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config("tiny", [override])
     assert str(info.value).startswith(key + ":"), str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objectives.end_weights={local_align: 1.0, mim: 0}"],
+    ["objectives.end_weights.local_align=1.0", "objectives.end_weights.mim=0"],
+])
+def test_end_weights_read_as_a_mapping_and_survive_the_saved_config(overrides: list[str]) -> None:
+    config = load_config("tiny", overrides)
+    assert config.objectives.end_weights == {"local_align": 1.0, "mim": 0.0}
+    assert config_from_dict(json.loads(json.dumps(config.to_dict()))).objectives.end_weights == {"local_align": 1.0,
+                                                                                                  "mim": 0.0}
+    assert load_config("tiny").objectives.end_weights is None  # constant weights by default
+
+
+def test_end_weight_of_a_switched_off_loss_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"objectives.end_weights.mim: objectives.mim is 0"):
+        load_config("tiny", ["objectives.mim=0", "objectives.end_weights={mim: 1}"])
 
 
 @pytest.mark.parametrize("text", ["optim.lr", "=3"])

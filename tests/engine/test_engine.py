@@ -14,7 +14,14 @@ from torch import nn
 from mpma.engine import checkpoint as ckpt
 from mpma.engine.compiling import repeated_blocks
 from mpma.engine.distributed import DistEnv
-from mpma.engine.trainer import Trainer, lr_multiplier, parameter_groups, step_seed
+from mpma.engine.trainer import (
+    Trainer,
+    decay_progress,
+    lr_multiplier,
+    parameter_groups,
+    scheduled_loss_weights,
+    step_seed,
+)
 
 # ------------------------------------------------------------------ schedule
 
@@ -61,6 +68,29 @@ def test_stable_then_decay_holds_the_peak_until_the_last_decay_steps(min_ratio: 
     # a decay longer than the steps after warm-up is the plain cosine schedule
     assert [lr_multiplier(s, warmup, total, min_ratio, 500) for s in range(total + 1)] == pytest.approx(
         [lr_multiplier(s, warmup, total, min_ratio) for s in range(total + 1)])
+
+
+@pytest.mark.parametrize("decay_steps", [0, 20])
+def test_decay_progress_runs_from_zero_to_one_over_the_rates_decay(decay_steps: int) -> None:
+    warmup, total = 10, 110
+    progress = [decay_progress(s, warmup, total, decay_steps) for s in range(total + 1)]
+    start = warmup if decay_steps == 0 else total - decay_steps
+    assert progress[:start + 1] == [0.0] * (start + 1)
+    assert progress[total] == 1.0 and decay_progress(total + 5, warmup, total, decay_steps) == 1.0
+    assert progress[start:] == pytest.approx([(s - start) / (total - start) for s in range(start, total + 1)])
+    # the same decay the rate follows: the rate is at its peak exactly where progress is 0
+    assert all((p == 0.0) == (lr_multiplier(s, warmup, total, 0.0, decay_steps) == pytest.approx(1.0))
+               for s, p in enumerate(progress) if s >= warmup)
+
+
+def test_scheduled_loss_weights_move_linearly_and_leave_the_others() -> None:
+    weights = {"mlm": 1.0, "local_align": 0.5, "mim": 2.0}
+    ends = {"local_align": 1.5, "mim": 0.0}
+    assert scheduled_loss_weights(weights, ends, 0.0) == weights
+    assert scheduled_loss_weights(weights, ends, 0.25) == pytest.approx({"mlm": 1.0, "local_align": 0.75, "mim": 1.5})
+    assert scheduled_loss_weights(weights, ends, 1.0) == {"mlm": 1.0, "local_align": 1.5, "mim": 0.0}
+    with pytest.raises(ValueError, match=r"\['itm'\]"):
+        scheduled_loss_weights(weights, {"itm": 1.0}, 0.5)
 
 
 def test_step_seeds_are_distinct() -> None:
@@ -164,6 +194,34 @@ def test_trainer_logs_every_term_and_the_weighted_total(micro_config, build_task
         assert all(math.isfinite(v) for v in row.values())
     assert rows[0]["lr"] == pytest.approx(config.optim.lr)  # warm-up of 1 step reaches the peak at once
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+
+
+def test_trainer_weighs_each_step_with_the_scheduled_loss_weights(micro_config, build_task, make_batch,
+                                                                  tmp_path) -> None:
+    config = micro_config("optim.steps=6", "optim.warmup_steps=1", "optim.decay_steps=4", "run.log_every=1",
+                          "run.checkpoint_every=100", "objectives.local_align=0.5",
+                          "objectives.end_weights={local_align: 0.0, mim: 3.0}")
+    task = build_task(config)
+    trainer = Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, tmp_path,
+                      DistEnv(), end_loss_weights=config.objectives.end_weights)
+    trainer.fit(_endless(make_batch(n=8)), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # row k logs step k-1's weights: constant until the decay starts at step 2, then linear to the end weights
+    progress = [0.0, 0.0, 0.0, 0.25, 0.5, 0.75]
+    assert [r["weight_local_align"] for r in rows] == pytest.approx([0.5 * (1 - p) for p in progress])
+    assert [r["weight_mim"] for r in rows] == pytest.approx([1.0 + 2.0 * p for p in progress])
+    assert "weight_mlm" not in rows[0]  # only the scheduled weights are logged
+    for row, p in zip(rows, progress):
+        weights = {**task.loss_weights, "local_align": 0.5 * (1 - p), "mim": 1.0 + 2.0 * p}
+        assert row["loss"] == pytest.approx(sum(w * row[k] for k, w in weights.items()), rel=1e-5)
+
+
+def test_end_weights_for_a_loss_the_task_lacks_are_rejected(micro_config, build_task, tmp_path) -> None:
+    config = micro_config("objectives.itm=0")
+    task = build_task(config)
+    with pytest.raises(ValueError, match="itm"):
+        Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, tmp_path, DistEnv(),
+                end_loss_weights={"itm": 1.0})
 
 
 def test_gradient_accumulation_consumes_micro_batches(micro_config, build_task, make_batch, tmp_path) -> None:
@@ -384,7 +442,8 @@ def test_resumed_run_matches_an_uninterrupted_run(micro_config, tokenizer_dir, t
 
     k = 2
     overrides = ("optim.steps=4", "optim.warmup_steps=1", "run.log_every=1", f"run.checkpoint_every={k}",
-                 "run.eval_size=16", f"text.tokenizer={tokenizer_dir}", "optim.lr=0.003")
+                 "run.eval_size=16", f"text.tokenizer={tokenizer_dir}", "optim.lr=0.003",
+                 "optim.decay_steps=3", "objectives.end_weights={local_align: 1.5}")  # weights scheduled from step 1
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     run_pretraining(micro_config(*overrides), straight, progress=False)
 
@@ -422,6 +481,9 @@ def test_resumed_run_matches_an_uninterrupted_run(micro_config, tokenizer_dir, t
         for term in terms:
             assert b[step][term] == pytest.approx(a[step][term], abs=1e-5), (step, term)
         assert b[step]["lr"] == pytest.approx(a[step]["lr"])
+    # the pipeline hands objectives.end_weights to the trainer, and a resumed run follows the same schedule
+    assert [b[step]["weight_local_align"] for step in (1, 2, 3, 4)] == pytest.approx([0.5, 0.5, 5 / 6, 7 / 6])
+    assert [a[step]["weight_local_align"] for step in (1, 2, 3, 4)] == pytest.approx([0.5, 0.5, 5 / 6, 7 / 6])
     # the steps before the interruption were not replayed or rewritten
     for term in terms:
         assert b[1][term] == pytest.approx(a[1][term], abs=1e-5)

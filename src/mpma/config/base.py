@@ -55,6 +55,12 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping such as {{name: value}}, got {value!r}")
+        key_type, item_type = typing.get_args(annotation)
+        return {_check_value(name, key_type, f"{key} key {name!r}"): _check_value(item, item_type, f"{key}.{name}")
+                for name, item in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -183,6 +183,10 @@ class ObjectivesConfig:
     # GLA-local's late-interaction score: (1 - w) * each word's best patch + w * each patch's best word
     # (0.5: FILIP's symmetric score; 0: words only, so background patches need not match any word)
     local_patch_to_token: float = 0.5
+    # the weights some losses move to, linearly from the weights above over the rate's decay (the last
+    # optim.decay_steps steps; every step after warm-up when that is 0), e.g. {local_align: 1.0};
+    # null = every weight constant
+    end_weights: dict[str, float] | None = None
 
     WEIGHTS: ClassVar[tuple[str, ...]] = ("mlm", "mim", "global_align", "local_align", "itm")
 
@@ -194,6 +198,13 @@ class ObjectivesConfig:
         checks.positive("objectives.temperature", self.temperature)
         checks.in_range("objectives.local_patch_to_token", self.local_patch_to_token, 0.0, 1.0, high_open=False,
                         note="the patch->token share of GLA-local's score")
+        for name, weight in (self.end_weights or {}).items():
+            if name not in self.WEIGHTS:
+                raise ConfigError(f"objectives.end_weights: unknown loss {name!r} (the losses: {', '.join(self.WEIGHTS)})")
+            checks.at_least(f"objectives.end_weights.{name}", weight, 0, "a loss weight at the last step")
+            if getattr(self, name) == 0:
+                raise ConfigError(f"objectives.end_weights.{name}: objectives.{name} is 0, so the loss and its head "
+                                  f"are not built; give objectives.{name} a weight > 0 or drop {name} from end_weights")
 
 
 @dataclass

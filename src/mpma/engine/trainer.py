@@ -39,6 +39,18 @@ class DivergenceError(ValueError, FloatingPointError):
     """
 
 
+def decay_start(warmup_steps: int, total_steps: int, decay_steps: int = 0) -> int:
+    """The step at which the rate starts to decay: the warm-up's end, or ``total_steps - decay_steps``
+    for a warm-up, stable, decay schedule (never before the warm-up's end)."""
+    return warmup_steps if decay_steps <= 0 else max(warmup_steps, total_steps - decay_steps)
+
+
+def decay_progress(step: int, warmup_steps: int, total_steps: int, decay_steps: int = 0) -> float:
+    """How far ``step`` is through the rate's decay: 0 up to :func:`decay_start`, 1 at ``total_steps``."""
+    start = decay_start(warmup_steps, total_steps, decay_steps)
+    return min(max((step - start) / max(1, total_steps - start), 0.0), 1.0)
+
+
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, decay_steps: int = 0) -> float:
     """Linear warm-up from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
 
@@ -47,10 +59,19 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_start = warmup_steps if decay_steps <= 0 else max(warmup_steps, total_steps - decay_steps)
-    progress = (step - decay_start) / max(1, total_steps - decay_start)
-    progress = min(max(progress, 0.0), 1.0)
+    progress = decay_progress(step, warmup_steps, total_steps, decay_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def scheduled_loss_weights(weights: dict[str, float], end_weights: dict[str, float], progress: float) -> dict[str, float]:
+    """Each loss's weight ``progress`` of the way (0 to 1) from ``weights`` to ``end_weights``, linearly.
+
+    Losses ``end_weights`` does not name keep their weight; it may not name a loss ``weights`` lacks.
+    """
+    unknown = sorted(set(end_weights) - set(weights))
+    if unknown:
+        raise ValueError(f"end weights for losses the task does not compute: {unknown} (it computes {sorted(weights)})")
+    return {name: w + (end_weights.get(name, w) - w) * progress for name, w in weights.items()}
 
 
 def parameter_groups(
@@ -97,6 +118,9 @@ class Trainer:
     Args:
         task: module with ``forward(batch, generator) -> result`` (``result.losses``, ``result.metrics``).
         loss_weights: weight per loss name; the total loss is the weighted sum.
+        end_loss_weights: weights some losses move to, linearly from ``loss_weights`` over the rate's
+            decay (:func:`decay_progress`, as the rate's cosine: the last step is ``(n - 1) / n`` of the
+            way through an ``n``-step decay); None = constant weights.
         param_groups: AdamW parameter groups (see :func:`parameter_groups`), each with ``base_lr``.
         optim: optimisation settings.
         run: run settings (seed, precision, logging, checkpoints).
@@ -130,11 +154,14 @@ class Trainer:
         weights_module: nn.Module | None = None,
         write_model: Callable[[Path], None] | None = None,
         on_log: Callable[[dict], None] | None = None,
+        end_loss_weights: dict[str, float] | None = None,
     ) -> None:
         self.task = task
         self.weights_module = task if weights_module is None else weights_module
         self.write_model = write_model
         self.loss_weights = loss_weights
+        self.end_loss_weights = dict(end_loss_weights or {})
+        scheduled_loss_weights(loss_weights, self.end_loss_weights, 0.0)  # names checked before step 1
         self.optim_cfg = optim
         self.run_cfg = run
         self.run_dir = Path(run_dir)
@@ -302,6 +329,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def loss_weights_at(self, step: int) -> dict[str, float]:
+        """The weight of each loss term at optimizer step ``step`` (0-based: the step about to be taken)."""
+        if not self.end_loss_weights:
+            return self.loss_weights
+        progress = decay_progress(step, self.optim_cfg.warmup_steps, self.optim_cfg.steps, self.optim_cfg.decay_steps)
+        return scheduled_loss_weights(self.loss_weights, self.end_loss_weights, progress)
+
     def _set_lr(self) -> float:
         mult = lr_multiplier(self.step, self.optim_cfg.warmup_steps, self.optim_cfg.steps, self.optim_cfg.min_lr_ratio,
                              self.optim_cfg.decay_steps)
@@ -327,7 +361,8 @@ class Trainer:
             missing = set(self.loss_weights) - set(result.losses)
             if missing:
                 raise RuntimeError(f"the task returned no value for the loss terms {sorted(missing)}")
-            total = sum(self.loss_weights[name] * result.losses[name].float() for name in self.loss_weights)
+            weights = self.loss_weights_at(self.step)
+            total = sum(weights[name] * result.losses[name].float() for name in weights)
             if not torch.isfinite(total):
                 self._diverged({k: float(v.detach()) for k, v in result.losses.items()})
             scaled = total / self.optim_cfg.accumulate
@@ -407,6 +442,8 @@ class Trainer:
                 record = {"step": self.step, "lr": lr, **record, "samples_per_s": window_samples / max(elapsed, 1e-9)}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
+                for name in self.end_loss_weights:  # the weights of the last step in the window
+                    record[f"weight_{name}"] = self.loss_weights_at(self.step - 1)[name]
                 if threads_now is not None:  # the watch changed the threads in this window: say so where speed is read
                     record["threads"], threads_now = threads_now, None
                 if self.env.is_main:

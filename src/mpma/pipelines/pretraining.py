@@ -362,6 +362,7 @@ def _make_trainer(task: PretrainTask, tokenizer, config: Config, run_dir: Path, 
     return Trainer(task, task.loss_weights, groups, config.optim, config.run, run_dir, env,
                    on_checkpoint=on_checkpoint, on_log=tracker.log_record,
                    find_unused_parameters=model.itm_head is None, weights_module=model,
+                   end_loss_weights=config.objectives.end_weights,
                    write_model=lambda folder: save_pretrained(model, folder, tokenizer, provenance=provenance,
                                                               config=config))
 
