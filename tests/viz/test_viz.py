@@ -72,6 +72,20 @@ def test_curves_png_size_and_panels(tmp_path):
     _png(out, C.figure_size(len(names)), C.DPI)
 
 
+def test_scheduled_loss_weights_sit_beside_the_rate_and_are_drawn_raw(tmp_path, monkeypatch):
+    rows = [{**row, "grad_norm": 1.0, "weight_mim": 1.0 + 0.1 * row["step"], "weight_local_align": 0.5}
+            for row in _rows(12)]
+    log = C.read_log(_write_log(tmp_path / "a", rows))
+    names = C.panel_names([log])
+    assert names[-5:] == ["lr", "weight_local_align", "weight_mim", "grad_norm", "samples_per_s"]
+    smoothed = []
+    monkeypatch.setattr(C, "smooth", lambda values, weight: smoothed.append(values.copy()) or values)
+    C.plot_curves([log], tmp_path / "c.png", smoothing=0.6)
+    drawn = {tuple(np.round(values, 6)) for values in smoothed}
+    assert tuple(np.round([1.0 + 0.1 * s for s in range(1, 13)], 6)) not in drawn  # the weight: raw only
+    assert tuple(np.round([5.0 / s for s in range(1, 13)], 6)) in drawn  # a loss term: smoothed
+
+
 def test_curves_with_one_step(tmp_path):
     log = C.read_log(_write_log(tmp_path / "one", _rows(1)))
     _png(C.plot_curves([log], tmp_path / "one.png"), C.figure_size(len(C.panel_names([log]))), C.DPI)

@@ -31,8 +31,13 @@ _SKIP = {"step", "epoch"}
 # panel order: total loss, loss terms, everything else alphabetically, then val.*, then the optimiser/throughput
 _FIRST = ("loss", "mlm", "mim", "global_align", "local_align", "itm", "task")
 _LAST = ("lr", "grad_norm", "samples_per_s")
-_RAW_ONLY = {"lr"}  # a schedule: smoothing would only distort it
 _TITLES = {"lr": "learning rate", "samples_per_s": "samples / s", "grad_norm": "gradient norm (before clipping)"}
+_LOSS_WEIGHT = "weight_"  # weight_<loss>: a scheduled loss weight (objectives.end_weights), drawn beside lr
+
+
+def _is_schedule(name: str) -> bool:
+    """The rate and the scheduled loss weights: drawn raw, since smoothing would only distort them."""
+    return name == "lr" or name.startswith(_LOSS_WEIGHT)
 log = logging.getLogger("mpma")
 
 
@@ -127,10 +132,12 @@ def _is_count(name: str) -> bool:
 
 
 def panel_names(runs: list[RunLog]) -> list[str]:
-    """The panels, in order: total loss, loss terms, other metrics, ``val.*``, then lr / gradient norm / throughput."""
+    """The panels, in order: total loss, loss terms, other metrics, ``val.*``, then lr, scheduled loss weights,
+    gradient norm and throughput."""
     names = {name for run in runs for name in run.series if not _is_count(name)}
     first = [n for n in _FIRST if n in names]
-    last = [n for n in _LAST if n in names]
+    weights = sorted(n for n in names if n.startswith(_LOSS_WEIGHT))
+    last = [n for n in _LAST[:1] if n in names] + weights + [n for n in _LAST[1:] if n in names]
     rest = sorted(n for n in names if n not in first and n not in last)
     val = [n for n in rest if n.startswith("val.")]
     return first + [n for n in rest if n not in val] + val + last
@@ -156,7 +163,7 @@ def _draw_panel(ax, name: str, runs: list[RunLog], colors: list[str], smoothing:
         bad += int((~finite).sum())
         marker = "o" if finite.sum() <= 20 else None
         shown = np.where(finite, values, np.nan)
-        if smoothing > 0 and finite.sum() > 1 and name not in _RAW_ONLY:
+        if smoothing > 0 and finite.sum() > 1 and not _is_schedule(name):
             ax.plot(steps, shown, color=color, alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
             ax.plot(steps, smooth(values, smoothing), color=color, linewidth=1.6)
         else:
@@ -164,7 +171,7 @@ def _draw_panel(ax, name: str, runs: list[RunLog], colors: list[str], smoothing:
         if not finite.all():  # mark where the values were NaN/inf along the bottom edge
             ax.plot(steps[~finite], np.zeros(int((~finite).sum())), linestyle="none", marker="x", color="red",
                     markersize=5, transform=ax.get_xaxis_transform(), clip_on=False)
-    label = _TITLES.get(name, name)
+    label = _TITLES.get(name, f"loss weight: {name[len(_LOSS_WEIGHT):]}" if name.startswith(_LOSS_WEIGHT) else name)
     # an explicit y skips matplotlib's per-draw title placement (a tight-bbox pass per axes)
     ax.set_title(label + (f"  [{bad} non-finite]" if bad else ""), fontsize=9, color="red" if bad else "black",
                  y=1.0, pad=4)
