@@ -201,7 +201,7 @@ class ObjectivesConfig:
         for name, weight in (self.end_weights or {}).items():
             if name not in self.WEIGHTS:
                 raise ConfigError(f"objectives.end_weights: unknown loss {name!r} (the losses: {', '.join(self.WEIGHTS)})")
-            checks.at_least(f"objectives.end_weights.{name}", weight, 0, "a loss weight at the last step")
+            checks.at_least(f"objectives.end_weights.{name}", weight, 0, "the weight at the end of the rate's decay")
             if getattr(self, name) == 0:
                 raise ConfigError(f"objectives.end_weights.{name}: objectives.{name} is 0, so the loss and its head "
                                   f"are not built; give objectives.{name} a weight > 0 or drop {name} from end_weights")

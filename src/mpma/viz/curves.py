@@ -33,12 +33,12 @@ _FIRST = ("loss", "mlm", "mim", "global_align", "local_align", "itm", "task")
 _LAST = ("lr", "grad_norm", "samples_per_s")
 _TITLES = {"lr": "learning rate", "samples_per_s": "samples / s", "grad_norm": "gradient norm (before clipping)"}
 _LOSS_WEIGHT = "weight_"  # weight_<loss>: a scheduled loss weight (objectives.end_weights), drawn beside lr
+log = logging.getLogger("mpma")
 
 
 def _is_schedule(name: str) -> bool:
     """The rate and the scheduled loss weights: drawn raw, since smoothing would only distort them."""
     return name == "lr" or name.startswith(_LOSS_WEIGHT)
-log = logging.getLogger("mpma")
 
 
 @dataclass
