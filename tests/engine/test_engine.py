@@ -154,7 +154,8 @@ def test_text_encoder_learns_at_its_own_rate(task, micro_config, text_lr_mult) -
 
 
 def _trainer(task, config, run_dir: Path) -> Trainer:
-    return Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, run_dir, DistEnv())
+    return Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, run_dir, DistEnv(),
+                   end_loss_weights=config.objectives.end_weights)
 
 
 def _endless(batch):
@@ -202,9 +203,7 @@ def test_trainer_weighs_each_step_with_the_scheduled_loss_weights(micro_config, 
                           "run.checkpoint_every=100", "objectives.local_align=0.5",
                           "objectives.end_weights={local_align: 0.0, mim: 3.0}")
     task = build_task(config)
-    trainer = Trainer(task, task.loss_weights, _groups(task, config.optim), config.optim, config.run, tmp_path,
-                      DistEnv(), end_loss_weights=config.objectives.end_weights)
-    trainer.fit(_endless(make_batch(n=8)), progress=False)
+    _trainer(task, config, tmp_path).fit(_endless(make_batch(n=8)), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     # row k logs step k-1's weights: constant until the decay starts at step 2, then linear to the end weights
     progress = [0.0, 0.0, 0.0, 0.25, 0.5, 0.75]

@@ -442,8 +442,9 @@ class Trainer:
                 record = {"step": self.step, "lr": lr, **record, "samples_per_s": window_samples / max(elapsed, 1e-9)}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
-                for name in self.end_loss_weights:  # the weights of the last step in the window
-                    record[f"weight_{name}"] = self.loss_weights_at(self.step - 1)[name]
+                if self.end_loss_weights:  # the scheduled weights of the last step in the window
+                    last_weights = self.loss_weights_at(self.step - 1)
+                    record.update({f"weight_{name}": last_weights[name] for name in self.end_loss_weights})
                 if threads_now is not None:  # the watch changed the threads in this window: say so where speed is read
                     record["threads"], threads_now = threads_now, None
                 if self.env.is_main:
