@@ -207,9 +207,10 @@ def test_retrieval_rerank_fuses_only_top_k_pairs(pretrained_run):
     calls = {"pairs": 0}
     original = model.fuse
 
-    def counting_fuse(text, mask, image, return_attention=False):
+    def counting_fuse(text, mask, image, **options):
         calls["pairs"] += text.shape[0]
-        return original(text, mask, image, return_attention)
+        assert options.get("token_rows") == 0  # ITM scoring reads the pooled features only
+        return original(text, mask, image, **options)
 
     model.fuse = counting_fuse
     counter = FusionCallCounter()

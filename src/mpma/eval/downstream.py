@@ -136,7 +136,7 @@ def _itm_rerank(model, sim, image_tokens, text_states, text_masks, k: int, image
         chunk = pairs[start : start + batch_size]
         images = torch.tensor([q if image_query else c for q, c in chunk])
         texts = torch.tensor([c if image_query else q for q, c in chunk])
-        fused = model.fuse(text_states[texts], text_masks[texts], image_tokens[images])
+        fused = model.fuse(text_states[texts], text_masks[texts], image_tokens[images], token_rows=0)  # pooled only
         itm_scores.append(model.itm_logits(fused.pooled).float().softmax(-1)[:, 1].cpu())
         if counter is not None:
             counter.pairs += len(chunk)

@@ -32,7 +32,8 @@ class MPMAOutput:
 
     vision: the (masked) vision-encoder output; tokens (B, 1+K, Dv).
     text: (B, T, Dt) text-encoder states of the (masked) text.
-    fusion: fused streams and pooled (B, 2Df) feature.
+    fusion: fused streams and pooled (B, 2Df) feature; with ``mlm_positions`` given, its text holds the
+        fused states at the masked positions only, (B, Q, Df) as :func:`padded_positions` orders them.
     image_embed / text_embed: (B, A) L2-normalised GLA-global embeddings, or None.
     image_local / text_local: (B, K, A) / (B, T, A) L2-normalised GLA-local features, or None.
     mlm_logits: (M, V) logits at the M positions selected by ``mlm_positions``, or None.
@@ -57,6 +58,24 @@ class MPMAOutput:
 
 
 PRETRAIN_HEADS = ("align", "mlm_head", "mim_decoder", "itm_head")
+
+
+def padded_positions(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's selected positions, in order, padded to the longest row's count.
+
+    Args:
+        selected: (B, T) bool.
+
+    Returns:
+        positions (B, Q) long with Q = the most positions any row selects (padding: position 0), and
+        found (B, Q) bool, False at the padding; ``positions[found]`` lists ``selected.nonzero()``'s
+        positions in its order, so ``states[selected] == gather(states, positions)[found]``.
+    """
+    counts = selected.sum(dim=1)
+    width = int(counts.max()) if selected.numel() else 0  # the shape needs the count (one host sync on a GPU)
+    order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]  # selected first, in order
+    found = torch.arange(width, device=selected.device) < counts[:, None]
+    return torch.where(found, order, 0), found
 
 
 def heads_for_objectives(config: Config) -> set[str]:
@@ -165,10 +184,13 @@ class MPMAModel(nn.Module):
 
     def fuse(
         self, text: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor,
-        return_attention: bool = False,
+        return_attention: bool = False, text_positions: torch.Tensor | None = None, token_rows: int | None = None,
     ) -> FusionOutput:
-        """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv)."""
-        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention)
+        """Fuse text states (B, T, Dt) with image tokens (B, 1+K, Dv). ``text_positions`` (N, Q) and
+        ``token_rows`` N ask for only some fused states (:meth:`CoAttentionFusion.forward`; ``token_rows=0``:
+        the pooled features alone, all ITM scoring needs)."""
+        return self.fusion(text, attention_mask, image_tokens, return_attention=return_attention,
+                           text_positions=text_positions, token_rows=token_rows)
 
     def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled fused features (B, 2Df) -> matched/unmatched logits (B, 2)."""
@@ -204,17 +226,22 @@ class MPMAModel(nn.Module):
         if self.align is not None:
             out.align_vision = self._alignment_view(images, vision, mask_ratio, generator)
             self._align(out, out.align_vision, text, attention_mask)
+        # the MLM head reads the fused text at the masked words only: the fusion computes just those
+        text_positions = found = None
+        if self.mlm_head is not None and mlm_positions is not None:
+            text_positions, found = padded_positions(mlm_positions)
         if negative_pairs is None:
-            out.fusion = self.fuse(text, attention_mask, vision.tokens)
+            out.fusion = self.fuse(text, attention_mask, vision.tokens, text_positions=text_positions)
         else:
             text_index, image_index = negative_pairs(out)
             rows = text.shape[0]
             both = self.fuse(torch.cat([text, text[text_index]]), torch.cat([attention_mask, attention_mask[text_index]]),
-                             torch.cat([vision.tokens, vision.tokens[image_index]]))
-            out.fusion = FusionOutput(both.text[:rows], both.image[:rows], both.pooled[:rows], None)
+                             torch.cat([vision.tokens, vision.tokens[image_index]]),
+                             text_positions=text_positions, token_rows=rows)
+            out.fusion = FusionOutput(both.text, both.image, both.pooled[:rows], None)
             out.negative_pooled = both.pooled[rows:]
-        if self.mlm_head is not None and mlm_positions is not None:
-            out.mlm_logits = self.mlm_head(out.fusion.text[mlm_positions])
+        if text_positions is not None:
+            out.mlm_logits = self.mlm_head(out.fusion.text[found])
         if self.mim_decoder is not None and vision.ids_restore is not None:
             out.mim_pred = self.mim_decoder(out.fusion.image, vision.ids_restore)
         return out

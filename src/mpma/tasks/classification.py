@@ -92,7 +92,9 @@ class FusedClassifier(nn.Module):
                              "'answer_slot' (collate with answer_slot=True, mpma.data.text.insert_answer_slot)")
         vision = self.backbone.encode_image(batch["images"])
         text = self.backbone.encode_text(batch["input_ids"], batch["attention_mask"])
-        fused = self.backbone.fuse(text, batch["attention_mask"], vision.tokens, return_attention=return_attention)
+        pooled_only = self.pool == "cls" and not return_attention  # the CLS heads read no fused token
+        fused = self.backbone.fuse(text, batch["attention_mask"], vision.tokens, return_attention=return_attention,
+                                   token_rows=0 if pooled_only else None)
         logits = self.head(pool_fused(fused, batch["attention_mask"], self.pool, batch.get("answer_slot")))
         return (logits, fused) if return_attention else logits
 

@@ -40,8 +40,8 @@ class RetrievalTrainer(nn.Module):
             b = image_embed.shape[0]
             forbidden = batch["match_key"][:, None] == batch["match_key"][None, :]
             wrong_text = sample_hard_negatives((image_embed @ text_embed.t()).cpu(), forbidden.cpu(), generator)
-            pos = model.fuse(text, batch["attention_mask"], vision.tokens)
-            neg = model.fuse(text[wrong_text], batch["attention_mask"][wrong_text], vision.tokens)
+            pos = model.fuse(text, batch["attention_mask"], vision.tokens, token_rows=0)  # ITM reads the pooled only
+            neg = model.fuse(text[wrong_text], batch["attention_mask"][wrong_text], vision.tokens, token_rows=0)
             logits = model.itm_logits(torch.cat([pos.pooled, neg.pooled]))
             targets = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(logits.device)
             result.losses["itm"], result.metrics["itm_acc"] = itm_loss(logits, targets)
