@@ -73,18 +73,18 @@ def main(argv=None) -> None:
         def step(batch):
             return lambda: trainer.train_step(iter([batch]))
 
-        flops = {}
-        for name, selective in SETTINGS.items():
-            CoAttentionFusion.selective_last_layer = selective
-            flops[name] = count_flops(step(batches[0]))  # also a warm-up
-            timed(step(batches[1]), torch.device("cpu"))
-        times = {name: [] for name in SETTINGS}
-        for rep, batch in enumerate(batches[2:]):
-            order = list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]
-            for name in order:
-                CoAttentionFusion.selective_last_layer = SETTINGS[name]
-                times[name].append(timed(step(batch), torch.device("cpu")))
-        CoAttentionFusion.selective_last_layer = True
+        flops, times = {}, {name: [] for name in SETTINGS}
+        try:
+            for name, selective in SETTINGS.items():
+                CoAttentionFusion.selective_last_layer = selective
+                flops[name] = count_flops(step(batches[0]))  # also a warm-up
+                timed(step(batches[1]), torch.device("cpu"))
+            for rep, batch in enumerate(batches[2:]):
+                for name in list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]:  # alternate the order
+                    CoAttentionFusion.selective_last_layer = SETTINGS[name]
+                    times[name].append(timed(step(batch), torch.device("cpu")))
+        finally:
+            CoAttentionFusion.selective_last_layer = True
     print(f"host: {describe_cpu_bf16()}; threads {torch.get_num_threads()}; preset {args.preset} "
           f"{' '.join(args.overrides)}, batch {batch_size}, fp32; text length per batch {min(lengths)}-{max(lengths)} "
           f"tokens, masked words per row at most {min(masked)}-{max(masked)}")

@@ -562,6 +562,16 @@ def test_bf16_step_times_bf16_attention_separately_and_restores_fp32_attention()
     assert Attention.fp32_attention_on_cpu is True
 
 
+def test_selective_fusion_times_both_settings_and_leaves_the_fusion_selective(micro_overrides, capsys) -> None:
+    from mpma.models.fusion import CoAttentionFusion
+
+    _script("selective_fusion").main(["--repeats", "2", "--threads", "1", *micro_overrides])
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert set(lines) == {"selective", "full"}
+    assert 0 < float(lines["selective"][-1]) < float(lines["full"][-1])  # GFLOP/step: the last layer does less
+    assert CoAttentionFusion.selective_last_layer is True
+
+
 def test_gpu_checks_reports_each_check_and_keeps_going_past_a_failure(tmp_path) -> None:
     """benchmarks/gpu_checks.sh on a host without CUDA: the step benchmark fails (no GPU) with its exit
     status in the summary, the check before it is still reported, and the archive holds every log."""
@@ -589,13 +599,17 @@ def test_gpu_checks_reports_each_check_and_keeps_going_past_a_failure(tmp_path) 
 
 def test_ablation_rows_measured_before_tiny_s_schedule_change_keep_their_configuration() -> None:
     """The extra rows were measured on tiny's plain cosine decay (and the cosine 700-step table with FILIP's
-    symmetric local score): their overrides pin what they ran with, so they reproduce their recorded figures;
-    the issue's seven rows run today's tiny."""
+    symmetric local score), or at tiny's 700 steps with its decay over the last 70: their overrides pin what
+    they ran with, so they reproduce their recorded figures; the issue's seven rows run today's tiny."""
     from mpma.config import load_config
 
     ablation = _script("ablation")
     for row, spec in ablation.EXTRA_ROW_SPECS.items():
         config = load_config(*spec)
+        if "_700" in row:  # the table at tiny's 700 steps (2026-12-05), on today's tiny otherwise
+            assert (config.optim.steps, config.optim.decay_steps, config.optim.warmup_steps) == (700, 70, 50), row
+            assert config.objectives.local_patch_to_token == 0, row
+            continue
         assert config.optim.decay_steps == 0, row
         if spec[0] == "tiny":
             assert config.objectives.local_patch_to_token == 0.5, row
