@@ -70,7 +70,7 @@ COSINE_SCHEDULE = ["optim.decay_steps=0"]
 COSINE_TINY = [*COSINE_SCHEDULE, "objectives.local_patch_to_token=0.5"]
 PARTS = ("no_local", "no_global", "no_memory", "no_itm")
 # tiny's budget before 900 steps (2026-12-05): 700 steps, the last 70 decaying. The rows at that budget
-# carry these overrides, so they reproduce the table measured there (docs/results/ablation.json, the complete 3-seed table).
+# carry these overrides, so they reproduce the table measured there (docs/results/ablation_700.json).
 STEPS_700 = ["optim.steps=700", "optim.decay_steps=70"]
 # run only when named in --rows
 EXTRA_ROW_SPECS: dict[str, Row] = {
