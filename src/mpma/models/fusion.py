@@ -199,15 +199,16 @@ class CoAttentionFusion(nn.Module):
                      and (text_positions is not None or rows < t.shape[0]))
         weights = None
         for i, layer in enumerate(self.layers):
-            if selective and i == len(self.layers) - 1:
-                return self._last_layer_selective(layer, t, key_mask, v, return_attention, text_positions, rows)
             last = i == len(self.layers) - 1
+            if selective and last:
+                return self._last_layer_selective(layer, t, key_mask, v, return_attention, text_positions, rows)
             t, v, weights = run_block(layer, t, key_mask, v, return_attention and last, recompute=self.grad_checkpointing)
         t, v = self.text_norm(t), self.image_norm(v)
         pooled = torch.cat([self.text_pool(t[:, 0]), self.image_pool(v[:, 0])], dim=-1)
+        t, v = t[:rows], v[:rows]
         if text_positions is not None:  # fusion.depth 0 (nothing to save) or the reference: select
-            t = gather_positions(t[:rows], text_positions)
-        return FusionOutput(t[:rows], v[:rows], pooled, weights)
+            t = gather_positions(t, text_positions)
+        return FusionOutput(t, v, pooled, weights)
 
     def _last_layer_selective(
         self, layer: FusionLayer, t: torch.Tensor, key_mask: torch.Tensor, v: torch.Tensor, return_attention: bool,
